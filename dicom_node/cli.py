@@ -1,0 +1,174 @@
+"""``dicom-node`` command line: serve, worker, status, retry, check-config.
+
+The console script is ``workers.entry:main``, which hands this module the
+Celery backend; ``dicom_node`` itself never imports ``workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicom_node.settings import ConfigError, Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+CONTEXT_KEYS = ("peer", "job", "study", "series", "destination")
+
+
+class ContextFormatter(logging.Formatter):
+    """Appends bound context (peer AE, job id, UIDs) as key=value pairs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = [f"{k}={getattr(record, k)}" for k in CONTEXT_KEYS if hasattr(record, k)]
+        return f"{text} [{' '.join(extras)}]" if extras else text
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pynetdicom logs every PDU at INFO/DEBUG, and C-FIND/MOVE identifiers
+    # (patient names) unless told not to: keep it to warnings.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    _quiet_pynetdicom()
+
+
+def _quiet_pynetdicom() -> None:
+    # pynetdicom's options are module globals; set once here, in the entry point.
+    from pynetdicom import _config
+
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.LOG_HANDLER_LEVEL = "none"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dicom-node", description=__doc__.splitlines()[0])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name: str, text: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=text, description=text)
+        c.add_argument("--config", type=Path, help="config.yaml (default: embedded defaults)")
+        return c
+
+    cmd("serve", "run the node: SCP, routing, jobs, sender (and embedded workers)")
+    w = cmd("worker", "run pipeline workers against the configured broker")
+    w.add_argument("--queues", help="comma-separated queues (default: workers.queue)")
+    w.add_argument("--concurrency", type=int, help="worker processes (default: workers.concurrency)")
+    s = cmd("status", "print studies, jobs and outbox state")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--limit", type=int, default=20, help="recent jobs to list")
+    r = cmd("retry", "retry an ended job, or every dead-lettered send")
+    group = r.add_mutually_exclusive_group(required=True)
+    group.add_argument("--job", type=int, help="job id to run again")
+    group.add_argument("--dead-letters", action="store_true", help="resend dead-lettered results")
+    cmd("check-config", "validate a configuration file and exit")
+    return p
+
+
+def main(argv: list[str] | None = None, backend: Any = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        settings = load_settings(args.config)
+        if backend is not None:
+            _check_pipelines(settings, backend.pipeline_names())
+    except ConfigError as exc:
+        print(f"dicom-node: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"{args.config or 'embedded defaults'}: OK ({len(settings.rules)} rule(s))")
+        return 0
+    if args.command == "status":
+        return _status(settings, args.json, args.limit)
+    if args.command == "retry":
+        return _retry(settings, args.job, args.dead_letters)
+    if backend is None:
+        print("dicom-node: run through the installed `dicom-node` command", file=sys.stderr)
+        return 2
+    if args.command == "worker":
+        queues = args.queues.split(",") if args.queues else [settings.workers.queue]
+        return int(backend.run_worker(settings, queues, args.concurrency) or 0)
+    from dicom_node.node import Node
+
+    return Node(settings, backend, args.config).run_until_signal()
+
+
+def _check_pipelines(settings: Settings, known: set[str]) -> None:
+    for i, rule in enumerate(settings.rules):
+        if rule.pipeline not in known:
+            raise ConfigError(
+                f"{settings.source}: rules.{i}.pipeline: unknown pipeline {rule.pipeline!r}"
+                f" (known: {', '.join(sorted(known))})"
+            )
+
+
+def _open(settings: Settings) -> tuple[Any, Any, Any, Any, Any]:
+    from dicom_node.index import Index
+    from dicom_node.jobs import Jobs
+    from dicom_node.outbox import Outbox
+    from dicom_node.spool import Spool
+    from dicom_node.state import Database
+
+    spool = Spool(settings.storage.dir)
+    spool.create()
+    db = Database(spool.database)
+    return spool, db, Index(db), Jobs(db), Outbox(db)
+
+
+def _status(settings: Settings, as_json: bool, limit: int) -> int:
+    _, db, index, jobs, outbox = _open(settings)
+    report = {
+        "storage": str(settings.storage.dir),
+        "index": index.counts(),
+        "jobs": jobs.counts(),
+        "outbox": outbox.counts(),
+        "recent_jobs": [
+            {"id": j.id, "state": j.state, "rule": j.rule, "pipeline": j.pipeline,
+             "series_uid": j.series_uid, "instances": len(j.inputs), "attempts": j.attempts,
+             "reason": j.reason, "timings": j.timings, "summary": j.summary}
+            for j in jobs.recent(limit)
+        ],
+    }  # fmt: skip
+    db.close()
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"storage  {report['storage']}")
+    print("index    " + ", ".join(f"{k} {v}" for k, v in report["index"].items()))
+    print("jobs     " + (", ".join(f"{k} {v}" for k, v in report["jobs"].items()) or "none"))
+    print("outbox   " + (", ".join(f"{k} {v}" for k, v in report["outbox"].items()) or "none"))
+    for j in report["recent_jobs"]:
+        reason = f"  {j['reason']}" if j["reason"] else ""
+        print(f"  job {j['id']:>5} {j['state']:<8} {j['pipeline']:<12} {j['series_uid']}{reason}")
+    return 0
+
+
+def _retry(settings: Settings, job_id: int | None, dead_letters: bool) -> int:
+    spool, db, _, jobs, outbox = _open(settings)
+    try:
+        if dead_letters:
+            print(f"{outbox.retry_dead()} dead-lettered send(s) will be tried again")
+            return 0
+        assert job_id is not None
+        spool.remove_work(job_id)
+        if not jobs.retry(job_id):
+            print(f"job {job_id} does not exist or has not ended", file=sys.stderr)
+            return 1
+        print(f"job {job_id} queued again")
+        return 0
+    finally:
+        db.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The index of received instances: studies, series and instances tables.
+
+A study's ``revision`` counts the instances that changed it; assembly routes a
+study when it has been quiet long enough and its revision is newer than the
+one last routed. A duplicate SOP Instance UID replaces the stored file but is
+counted once and does not change the revision.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from dicom_node.state import Database
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the index keeps of one received instance (UIDs and routing keys only)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    path: str
+    size: int
+    modality: str = ""
+    body_part: str = ""
+    description: str = ""
+    protocol_name: str = ""
+    manufacturer: str = ""
+
+
+@dataclass(frozen=True)
+class StudyState:
+    study_uid: str
+    revision: int
+    routed_revision: int
+    last_received: float
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """What routing rules look at: one series, its attributes and its size."""
+
+    study_uid: str
+    series_uid: str
+    modality: str
+    body_part: str
+    description: str
+    protocol_name: str
+    manufacturer: str
+    sop_class_uid: str
+    instances: int
+
+    def attribute(self, keyword: str) -> str:
+        return {
+            "Modality": self.modality,
+            "BodyPartExamined": self.body_part,
+            "SeriesDescription": self.description,
+            "ProtocolName": self.protocol_name,
+            "Manufacturer": self.manufacturer,
+            "SOPClassUID": self.sop_class_uid,
+        }[keyword]
+
+
+class Index:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, rec: InstanceRecord, now: float | None = None) -> tuple[bool, str | None]:
+        """Index a stored instance. Returns (new, replaced_path): ``new`` is False
+        for a duplicate SOP Instance UID; ``replaced_path`` is an older file of
+        the same instance stored under another path, which the caller removes."""
+        now = time.time() if now is None else now
+        with self.db.transaction() as conn:
+            old = conn.execute(
+                "SELECT path, series_uid FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, path,"
+                " size, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(sop_uid) DO UPDATE SET series_uid = excluded.series_uid,"
+                " study_uid = excluded.study_uid, sop_class_uid = excluded.sop_class_uid,"
+                " path = excluded.path, size = excluded.size",
+                (rec.sop_uid, rec.series_uid, rec.study_uid, rec.sop_class_uid, rec.path,
+                 rec.size, now),
+            )  # fmt: skip
+            if old is not None and old["series_uid"] == rec.series_uid:
+                return False, None
+            if old is not None:
+                conn.execute(
+                    "UPDATE series SET instances = instances - 1 WHERE series_uid = ?",
+                    (old["series_uid"],),
+                )
+            self._count(conn, rec, now)
+            replaced = old["path"] if old is not None and old["path"] != rec.path else None
+            return True, replaced
+
+    @staticmethod
+    def _count(conn: object, rec: InstanceRecord, now: float) -> None:
+        execute = conn.execute  # type: ignore[attr-defined]
+        execute(
+            "INSERT INTO studies (study_uid, revision, first_received, last_received)"
+            " VALUES (?, 1, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
+            " revision = revision + 1, last_received = excluded.last_received",
+            (rec.study_uid, now, now),
+        )
+        execute(
+            "INSERT INTO series (series_uid, study_uid, modality, body_part, description,"
+            " protocol_name, manufacturer, sop_class_uid, instances, last_received)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT(series_uid) DO UPDATE SET"
+            " instances = instances + 1, last_received = excluded.last_received",
+            (rec.series_uid, rec.study_uid, rec.modality, rec.body_part, rec.description,
+             rec.protocol_name, rec.manufacturer, rec.sop_class_uid, now),
+        )  # fmt: skip
+
+    def studies_to_route(self) -> list[StudyState]:
+        rows = self.db.query(
+            "SELECT study_uid, revision, routed_revision, last_received FROM studies"
+            " WHERE revision > routed_revision"
+        )
+        return [StudyState(**dict(r)) for r in rows]
+
+    def mark_routed(self, study_uid: str, revision: int) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE studies SET routed_revision = ? WHERE study_uid = ?",
+                (revision, study_uid),
+            )
+
+    def series_of(self, study_uid: str) -> list[SeriesSummary]:
+        rows = self.db.query(
+            "SELECT study_uid, series_uid, modality, body_part, description, protocol_name,"
+            " manufacturer, sop_class_uid, instances FROM series WHERE study_uid = ?"
+            " ORDER BY series_uid",
+            (study_uid,),
+        )
+        return [SeriesSummary(**dict(r)) for r in rows]
+
+    def files_of(self, series_uid: str) -> list[tuple[str, str]]:
+        """(SOP Instance UID, relative path) of every instance of a series, sorted by UID."""
+        rows = self.db.query(
+            "SELECT sop_uid, path FROM instances WHERE series_uid = ? ORDER BY sop_uid",
+            (series_uid,),
+        )
+        return [(r["sop_uid"], r["path"]) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        row = self.db.query(
+            "SELECT (SELECT COUNT(*) FROM studies) AS studies,"
+            " (SELECT COUNT(*) FROM series) AS series,"
+            " (SELECT COUNT(*) FROM instances) AS instances"
+        )[0]
+        return dict(row)
+
+    def purgeable_series(self, older_than: float) -> list[str]:
+        """Series received before ``older_than`` whose study is routed and has no
+        job still queued, running or kept for inspection (failed)."""
+        rows = self.db.query(
+            "SELECT s.series_uid FROM series s JOIN studies st ON st.study_uid = s.study_uid"
+            " WHERE s.last_received < ? AND st.routed_revision = st.revision"
+            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid"
+            "   AND j.state IN ('queued', 'running', 'failed'))",
+            (older_than,),
+        )
+        return [r["series_uid"] for r in rows]
+
+    def forget_series(self, series_uid: str) -> None:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT study_uid FROM series WHERE series_uid = ?", (series_uid,)
+            ).fetchone()
+            conn.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
+            conn.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
+            if row is not None:
+                conn.execute(
+                    "DELETE FROM studies WHERE study_uid = ? AND NOT EXISTS"
+                    " (SELECT 1 FROM series WHERE study_uid = ?)",
+                    (row["study_uid"], row["study_uid"]),
+                )

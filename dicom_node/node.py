@@ -1,0 +1,178 @@
+"""The running node: SCP, dispatcher, sender and (embedded mode) its workers.
+
+``Node`` wires the parts together with their dependencies as arguments. It
+knows nothing of Celery: the entry point hands it a ``Backend`` that can
+enqueue a job message and tell how to start a worker process.
+
+Shutdown (SIGTERM/SIGINT): stop accepting associations, let the dispatcher
+and sender finish their round, ask embedded workers for a warm shutdown (the
+running job finishes; a job cut short is found unfinished at the next start
+and enqueued again), close the database, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from dicom_node import scu
+from dicom_node.dispatch import Dispatcher, Enqueue
+from dicom_node.index import Index
+from dicom_node.jobs import Jobs
+from dicom_node.outbox import Outbox, Sender
+from dicom_node.retention import purge_sources
+from dicom_node.scp import Receiver, start_server
+from dicom_node.settings import Settings
+from dicom_node.spool import Spool
+from dicom_node.state import Database
+
+logger = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """What the node needs from the worker side (``workers.backend`` provides it)."""
+
+    def make_enqueue(self, settings: Settings) -> Enqueue: ...
+
+    def worker_command(self, settings: Settings, config: Path | None) -> list[str]: ...
+
+    def pipeline_names(self) -> set[str]: ...
+
+
+class EmbeddedWorkers:
+    """Supervises the worker process that embedded mode runs beside the node."""
+
+    def __init__(self, command: list[str], grace: float) -> None:
+        self.command = command
+        self.grace = grace
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._restarts: list[float] = []
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command, start_new_session=True)
+        logger.info("embedded worker started (pid %d)", self.proc.pid)
+
+    def check(self) -> None:
+        """Restart the worker if it died, at most 5 times a minute."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < 60] + [now]
+        if len(self._restarts) > 5:
+            return
+        logger.error("embedded worker exited with %s; restarting", self.proc.returncode)
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)  # Celery warm shutdown
+        try:
+            self.proc.wait(self.grace)
+        except subprocess.TimeoutExpired:
+            logger.warning("embedded worker still busy after %.0f s; stopping it", self.grace)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+class Node:
+    def __init__(self, settings: Settings, backend: Backend, config: Path | None) -> None:
+        self.settings = settings
+        self.spool = Spool(settings.storage.dir)
+        self.spool.create()
+        self.db = Database(self.spool.database)
+        self.index = Index(self.db)
+        self.jobs = Jobs(self.db)
+        self.outbox = Outbox(self.db)
+        self.stop_event = threading.Event()
+        self._tick = threading.Event()
+        self.sender = Sender(
+            self.outbox, self.spool, dict(settings.destinations), settings.send,
+            settings.node.ae_title, scu.send,
+        )  # fmt: skip
+        self.dispatcher = Dispatcher(
+            settings, self.spool, self.index, self.jobs, self.outbox,
+            backend.make_enqueue(settings), on_results=self.sender.wake.set,
+        )  # fmt: skip
+        self.receiver = Receiver(
+            self.spool, self.index, settings.storage.min_free_mb * 1024 * 1024
+        )
+        self.workers = (
+            EmbeddedWorkers(backend.worker_command(settings, config),
+                            settings.workers.shutdown_grace_seconds)
+            if settings.broker.embedded else None
+        )  # fmt: skip
+        self._threads: list[threading.Thread] = []
+        self.server = None
+
+    def start(self) -> tuple[str, int]:
+        requeued = self.dispatcher.requeue_unfinished()
+        if requeued:
+            logger.info("%d unfinished job(s) from before enqueued again", requeued)
+        if self.workers is not None:
+            self.workers.start()
+        self.server = start_server(self.settings.node, self.receiver)
+        host, port = self.server.server_address[:2]
+        for name, target in (("dispatcher", self._dispatch_loop), ("sender", self._send_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info(
+            "listening as %s on %s:%d (broker: %s)",
+            self.settings.node.ae_title, host, port,
+            "embedded" if self.settings.broker.embedded else "external",
+        )  # fmt: skip
+        return host, port
+
+    def _dispatch_loop(self) -> None:
+        last_purge = 0.0
+        while not self.stop_event.is_set():
+            try:
+                self.dispatcher.tick()
+                if self.workers is not None:
+                    self.workers.check()
+                if time.time() - last_purge > 600:
+                    last_purge = time.time()
+                    purge_sources(self.index, self.spool, self.settings.storage, last_purge)
+            except Exception:
+                logger.exception("dispatcher round failed; will try again")
+            self._tick.wait(0.5)
+
+    def _send_loop(self) -> None:
+        self.sender.run_forever(self.stop_event)
+
+    def stop(self) -> None:
+        logger.info("stopping: no new associations")
+        if self.server is not None:
+            self.server.shutdown()
+        self.stop_event.set()
+        self._tick.set()
+        self.sender.wake.set()
+        for thread in self._threads:
+            thread.join(timeout=self.settings.send.timeout_seconds + 5)
+        if self.workers is not None:
+            self.workers.stop()
+        self.db.close()
+        logger.info("stopped")
+
+    def run_until_signal(self) -> int:
+        """Serve until SIGTERM or SIGINT; returns the exit code."""
+        got = threading.Event()
+
+        def on_signal(signum: int, frame: object) -> None:
+            logger.info("received %s", signal.Signals(signum).name)
+            got.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        while not got.wait(1.0):
+            pass
+        self.stop()
+        return 0

@@ -1,0 +1,249 @@
+"""Typed configuration: ``config.yaml`` → ``Settings``.
+
+Every section is a pydantic model with ``extra="forbid"``: a misspelt key is an
+error that names the key and its line in the file, never a silently ignored
+setting. Relative paths resolve against the folder of the config file.
+
+    ConfigError          the file cannot be read, parsed or validated; its
+                         message names the file, the key and the line
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_AE_TITLE = "DICOM-NODE"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+def _check_ae_title(value: str) -> str:
+    # PS3.5 AE VR: 1-16 characters, no backslash, no control characters,
+    # leading/trailing spaces are not significant.
+    stripped = value.strip()
+    if not 1 <= len(stripped) <= 16:
+        raise ValueError(f"an AE title has 1 to 16 characters, found {len(stripped)}")
+    if "\\" in stripped or any(ord(c) < 32 or ord(c) > 126 for c in stripped):
+        raise ValueError("an AE title has printable ASCII characters and no backslash")
+    return stripped
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    return value
+
+
+AeTitle = Annotated[str, AfterValidator(_check_ae_title)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(ge=0)]
+Pattern = Annotated[str, AfterValidator(_check_regex)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSettings(_Section):
+    ae_title: AeTitle = DEFAULT_AE_TITLE
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, le=65535)] = 11112
+    stable_after_seconds: Seconds = 30.0
+    allowed_calling_aets: list[AeTitle] = Field(default_factory=list)
+    require_called_aet: bool = True
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
+    uid_root: str = "1.2.826.0.1.3680043.8.498."
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, value: str) -> str:
+        if not re.fullmatch(r"([0-9]+\.)+", value) or len(value) > 40:
+            raise ValueError("a UID root is digits and dots, ends with a dot, ≤ 40 characters")
+        return value
+
+
+class StorageSettings(_Section):
+    dir: Path = Path("var")
+    min_free_mb: Annotated[int, Field(ge=0)] = 500
+    retention_hours: Annotated[float, Field(ge=0)] = 72.0
+
+
+class BrokerSettings(_Section):
+    url: str = "embedded"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value != "embedded" and not re.match(r"(redis|rediss|amqp|sqla\+[a-z]+)://", value):
+            raise ValueError("expected 'embedded' or a broker URL such as redis://host:6379/0")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == "embedded"
+
+
+class WorkerSettings(_Section):
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 1
+    queue: str = "dicom-node"
+    task_time_limit_seconds: Annotated[float, Field(gt=0)] = 1800.0
+    heartbeat_seconds: Annotated[float, Field(gt=0)] = 10.0
+    lease_seconds: Annotated[float, Field(gt=0)] = 120.0
+    requeue_after_seconds: Annotated[float, Field(gt=0)] = 600.0
+    max_attempts: Annotated[int, Field(ge=1)] = 5
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 120.0
+
+
+class SendSettings(_Section):
+    max_attempts: Annotated[int, Field(ge=1)] = 20
+    initial_backoff_seconds: Annotated[float, Field(gt=0)] = 5.0
+    max_backoff_seconds: Annotated[float, Field(gt=0)] = 600.0
+    timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+
+class Destination(_Section):
+    ae_title: AeTitle
+    host: str
+    port: Port
+
+
+class Match(_Section):
+    """Conditions on a series; all given conditions must hold.
+
+    Attribute conditions are regular expressions that must match the whole
+    value (``re.fullmatch``); a missing attribute is the empty string.
+    """
+
+    Modality: Pattern | None = None
+    BodyPartExamined: Pattern | None = None
+    SeriesDescription: Pattern | None = None
+    SOPClassUID: Pattern | None = None
+    ProtocolName: Pattern | None = None
+    Manufacturer: Pattern | None = None
+    min_instances: Annotated[int, Field(ge=0)] = 0
+    max_instances: Annotated[int, Field(ge=0)] | None = None
+
+
+class Rule(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    match: list[Match]
+    pipeline: str
+    destinations: list[str] = Field(default_factory=list)
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+
+class Settings(_Section):
+    node: NodeSettings = NodeSettings()
+    storage: StorageSettings = StorageSettings()
+    broker: BrokerSettings = BrokerSettings()
+    workers: WorkerSettings = WorkerSettings()
+    send: SendSettings = SendSettings()
+    destinations: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], Destination] = (
+        Field(default_factory=dict)
+    )
+    rules: list[Rule] = Field(default_factory=list)
+    source: Literal["defaults"] | Path = "defaults"
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        names = set()
+        for i, rule in enumerate(self.rules):
+            if rule.name in names:
+                raise ValueError(f"rules[{i}].name {rule.name!r} is used twice")
+            names.add(rule.name)
+            for dest in rule.destinations:
+                if dest not in self.destinations:
+                    known = ", ".join(sorted(self.destinations)) or "none"
+                    raise ValueError(
+                        f"rules[{i}] ({rule.name}) sends to destination {dest!r}, "
+                        f"which is not under destinations: (known: {known})"
+                    )
+        return self
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.storage.dir
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc``, or of its nearest parent."""
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if part < len(node.value) else None
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def _describe(exc: ValidationError, root: yaml.Node | None, path: Path) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(root, loc)
+        where = f"{path}:{line}" if line else str(path)
+        lines.append(f"{where}: {key}: {err['msg']}")
+    return "invalid configuration\n  " + "\n  ".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    storage = raw.get("storage")
+    if isinstance(storage, dict) and isinstance(storage.get("dir"), str):
+        p = Path(storage["dir"]).expanduser()
+        storage["dir"] = str(p if p.is_absolute() else (base / p).resolve())
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate ``path``; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Settings(storage=StorageSettings(dir=Path("var").resolve()))
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    try:
+        root = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1: the configuration must be a mapping of sections")
+    raw.setdefault("storage", {}).setdefault("dir", "var")
+    _resolve_paths(raw, path.resolve().parent)
+    raw["source"] = str(path.resolve())
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, root, path)) from None

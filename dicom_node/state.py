@@ -1,0 +1,128 @@
+"""The node's SQLite database: one file, one connection per thread, one schema.
+
+The tables are owned by the modules that write them: ``index`` (studies,
+series, instances), ``jobs`` (jobs) and ``outbox`` (outbox). This module only
+opens connections and creates the schema. WAL mode with ``synchronous=FULL``:
+a committed row survives a power cut, and readers never block the SCP.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid        TEXT PRIMARY KEY,
+    revision         INTEGER NOT NULL DEFAULT 0,
+    routed_revision  INTEGER NOT NULL DEFAULT 0,
+    first_received   REAL NOT NULL,
+    last_received    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid       TEXT PRIMARY KEY,
+    study_uid        TEXT NOT NULL,
+    modality         TEXT NOT NULL DEFAULT '',
+    body_part        TEXT NOT NULL DEFAULT '',
+    description      TEXT NOT NULL DEFAULT '',
+    protocol_name    TEXT NOT NULL DEFAULT '',
+    manufacturer     TEXT NOT NULL DEFAULT '',
+    sop_class_uid    TEXT NOT NULL DEFAULT '',
+    instances        INTEGER NOT NULL DEFAULT 0,
+    last_received    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_by_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid          TEXT PRIMARY KEY,
+    series_uid       TEXT NOT NULL,
+    study_uid        TEXT NOT NULL,
+    sop_class_uid    TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    size             INTEGER NOT NULL,
+    received_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
+CREATE TABLE IF NOT EXISTS jobs (
+    id               INTEGER PRIMARY KEY,
+    study_uid        TEXT NOT NULL,
+    series_uid       TEXT NOT NULL,
+    rule             TEXT NOT NULL,
+    pipeline         TEXT NOT NULL,
+    input_digest     TEXT NOT NULL,
+    inputs           TEXT NOT NULL,
+    destinations     TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    reason           TEXT NOT NULL DEFAULT '',
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    enqueued_at      REAL,
+    started_at       REAL,
+    finished_at      REAL,
+    timings          TEXT NOT NULL DEFAULT '{}',
+    summary          TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (series_uid, rule, input_digest)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS outbox (
+    id               INTEGER PRIMARY KEY,
+    job_id           INTEGER NOT NULL,
+    destination      TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    last_error       TEXT NOT NULL DEFAULT '',
+    sent_at          REAL,
+    UNIQUE (job_id, destination, path)
+);
+CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox(state, next_attempt_at);
+"""
+
+
+class Database:
+    """Hands each thread its own connection to the same SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        with self._write_lock:
+            self.connection().executescript(SCHEMA)  # executescript commits by itself
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; writers in this process queue on one lock
+        instead of spinning on SQLITE_BUSY."""
+        conn = self.connection()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        return self.connection().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

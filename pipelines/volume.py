@@ -1,0 +1,252 @@
+"""A series of single-frame CT images -> one ``Volume`` in canonical LPS order.
+
+Checks that the slices form a regular axial grid (same orientation, size and
+pixel spacing; positions along the slice normal, evenly spaced, no gantry tilt),
+sorts them from feet to head, applies the modality rescale to Hounsfield units
+(int16) and reverses in-plane flips so that axis 2 points to the patient's left
+and axis 1 to posterior. Every problem raises ``SeriesNotUsable`` naming the
+attribute by keyword and tag; no patient value ever appears in a message.
+
+The kept source datasets are shallow copies without Pixel Data (highdicom needs
+only their metadata to reference them), so the caller's datasets can be freed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array
+
+from pipelines.base import SeriesNotUsable, Volume
+
+ORIENTATION_TOLERANCE = 1e-3  # cosine difference between slices
+AXIS_TOLERANCE = 1e-2  # how far a cosine may be from +-1 / 0 and still be "axial"
+SPACING_TOLERANCE_MM = 0.05
+SPACING_TOLERANCE_FRACTION = 0.01
+TILT_TOLERANCE_MM = 0.05
+TILT_TOLERANCE_FRACTION = 0.002  # in-plane drift per mm along the normal (~0.1 degree)
+
+_TAGS = {
+    "ImageOrientationPatient": "(0020,0037)",
+    "ImagePositionPatient": "(0020,0032)",
+    "PixelSpacing": "(0028,0030)",
+    "Rows": "(0028,0010)",
+    "Columns": "(0028,0011)",
+    "PixelData": "(7FE0,0010)",
+    "NumberOfFrames": "(0028,0008)",
+    "SamplesPerPixel": "(0028,0002)",
+    "RescaleSlope": "(0028,1053)",
+    "RescaleIntercept": "(0028,1052)",
+}
+
+
+def attr(keyword: str) -> str:
+    """``"(0020,0037) ImageOrientationPatient"`` for use in messages."""
+    return f"{_TAGS[keyword]} {keyword}"
+
+
+def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
+    """Build the canonical (z, y, x) int16 HU volume from single-frame CT datasets.
+
+    Returns a ``Volume`` whose ``voxels`` has shape (slices, Rows, Columns), dtype
+    int16, Hounsfield units clipped to the int16 range; ``spacing`` is (z, y, x)
+    in mm with z the mean distance between slice centres; ``sources`` is in the
+    same z order, without Pixel Data.
+    """
+    if len(datasets) < 2:
+        raise SeriesNotUsable(f"needs at least 2 slices to form a volume, found {len(datasets)}")
+    for index, ds in enumerate(datasets):
+        _check_instance(ds, index)
+    _check_consistent(datasets)
+    row, col = _axial_cosines(datasets[0])
+    normal = np.cross(row, col)
+    order, z_spacing = _slice_order(datasets, normal)
+    flip_x, flip_y = bool(row[0] < 0), bool(col[1] < 0)
+    voxels = _read_voxels([datasets[i] for i in order], flip_y=flip_y, flip_x=flip_x)
+    dy, dx = (float(v) for v in datasets[0].PixelSpacing)
+    return Volume(
+        voxels=voxels,
+        spacing=(z_spacing, dy, dx),
+        sources=[_without_pixels(datasets[i]) for i in order],
+        flip_y=flip_y,
+        flip_x=flip_x,
+        meta={"slices": len(order)},
+    )
+
+
+def _name(ds: Dataset, index: int) -> str:
+    """How messages refer to an instance: its InstanceNumber, else its position."""
+    number = ds.get("InstanceNumber")
+    return str(number) if number is not None and number != "" else f"#{index + 1}"
+
+
+def _check_instance(ds: Dataset, index: int) -> None:
+    who = f"instance {_name(ds, index)}"
+    for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+        if keyword not in ds or ds[keyword].VM == 0:
+            raise SeriesNotUsable(f"{attr(keyword)} is missing in {who}")
+    for keyword in ("Rows", "Columns"):
+        if not ds.get(keyword):
+            raise SeriesNotUsable(f"{attr(keyword)} is missing in {who}")
+    if "PixelData" not in ds:
+        raise SeriesNotUsable(f"{attr('PixelData')} is missing in {who}; images are required")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames != 1:
+        raise SeriesNotUsable(
+            f"{attr('NumberOfFrames')} is {frames} in {who}; only single-frame images are supported"
+        )
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if samples != 1:
+        raise SeriesNotUsable(f"{attr('SamplesPerPixel')} is {samples} in {who}; expected 1")
+    if len(ds.ImageOrientationPatient) != 6 or len(ds.ImagePositionPatient) != 3:
+        raise SeriesNotUsable(
+            f"{attr('ImageOrientationPatient')} or {attr('ImagePositionPatient')} "
+            f"has the wrong number of values in {who}"
+        )
+
+
+def _check_consistent(datasets: Sequence[Dataset]) -> None:
+    first = datasets[0]
+    iop0 = np.asarray(first.ImageOrientationPatient, dtype=float)
+    ps0 = np.asarray(first.PixelSpacing, dtype=float)
+    for index in range(1, len(datasets)):
+        ds = datasets[index]
+        pair = f"instances {_name(datasets[index - 1], index - 1)} and {_name(ds, index)}"
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        if np.abs(iop - iop0).max() > ORIENTATION_TOLERANCE:
+            raise SeriesNotUsable(f"{attr('ImageOrientationPatient')} differs between {pair}")
+        for keyword in ("Rows", "Columns"):
+            if ds[keyword].value != first[keyword].value:
+                raise SeriesNotUsable(
+                    f"{attr(keyword)} differs between {pair}: "
+                    f"{first[keyword].value} then {ds[keyword].value}"
+                )
+        ps = np.asarray(ds.PixelSpacing, dtype=float)
+        if ps.shape != ps0.shape or not np.allclose(ps, ps0, rtol=1e-4, atol=1e-4):
+            raise SeriesNotUsable(
+                f"{attr('PixelSpacing')} differs between {pair}: {_mm(ps0)} mm then {_mm(ps)} mm"
+            )
+
+
+def _axial_cosines(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+    row, col = iop[:3], iop[3:]
+    row_ok = np.allclose(np.abs(row), [1, 0, 0], atol=AXIS_TOLERANCE)
+    col_ok = np.allclose(np.abs(col), [0, 1, 0], atol=AXIS_TOLERANCE)
+    if not (row_ok and col_ok):
+        raise SeriesNotUsable(
+            f"{attr('ImageOrientationPatient')} is {_mm(iop)}; expected an axial "
+            "acquisition (rows along +-x, columns along +-y)"
+        )
+    return row, col
+
+
+def _slice_order(datasets: Sequence[Dataset], normal: np.ndarray) -> tuple[list[int], float]:
+    """Indices of ``datasets`` from feet to head, and the mean slice spacing in mm."""
+    positions = np.asarray([ds.ImagePositionPatient for ds in datasets], dtype=float)
+    along = positions @ normal * np.sign(normal[2])
+    order = [int(i) for i in np.argsort(along, kind="stable")]
+    along = along[order]
+    gaps = np.diff(along)
+    names = [_name(datasets[i], i) for i in order]
+    for k, gap in enumerate(gaps):
+        if gap < SPACING_TOLERANCE_MM:
+            raise SeriesNotUsable(
+                f"{attr('ImagePositionPatient')} is the same for instances "
+                f"{names[k]} and {names[k + 1]}; duplicate slices"
+            )
+    _check_tilt(positions[order], along, normal, names)
+    spacing = float(np.median(gaps))
+    tolerance = max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * spacing)
+    for k, gap in enumerate(gaps):
+        if abs(gap - spacing) > tolerance:
+            raise SeriesNotUsable(
+                f"{attr('ImagePositionPatient')} spacing is uneven: {gap:.3f} mm between "
+                f"instances {names[k]} and {names[k + 1]}, expected {spacing:.3f} mm"
+            )
+    return order, float((along[-1] - along[0]) / (len(along) - 1))
+
+
+def _check_tilt(
+    positions: np.ndarray, along: np.ndarray, normal: np.ndarray, names: list[str]
+) -> None:
+    offsets = positions - positions[0]
+    lateral = offsets - np.outer(offsets @ normal, normal)
+    drift = np.linalg.norm(lateral, axis=1)
+    allowed = TILT_TOLERANCE_MM + TILT_TOLERANCE_FRACTION * np.abs(along - along[0])
+    bad = np.flatnonzero(drift > allowed)
+    if bad.size:
+        k = int(bad[0])
+        raise SeriesNotUsable(
+            f"{attr('ImagePositionPatient')} of instance {names[k]} lies {drift[k]:.2f} mm "
+            "off the slice normal (gantry tilt or non-stacked slices); expected slices "
+            "stacked along the normal of (0020,0037) ImageOrientationPatient"
+        )
+
+
+def _read_voxels(ordered: Sequence[Dataset], *, flip_y: bool, flip_x: bool) -> np.ndarray:
+    rows, cols = int(ordered[0].Rows), int(ordered[0].Columns)
+    voxels = np.empty((len(ordered), rows, cols), dtype=np.int16)
+    for z, ds in enumerate(ordered):
+        plane = _decode(ds, z)
+        if flip_y:
+            plane = plane[::-1]
+        if flip_x:
+            plane = plane[:, ::-1]
+        voxels[z] = _to_hu(plane, ds)
+    return voxels
+
+
+def _decode(ds: Dataset, z: int) -> np.ndarray:
+    try:
+        plane = pixel_array(_deferred_path(ds) or ds)
+    except Exception as exc:  # any decoder failure means: cannot use this series
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax_name = getattr(syntax, "name", "unknown transfer syntax")
+        raise SeriesNotUsable(
+            f"{attr('PixelData')} of slice {z + 1} cannot be decoded "
+            f"({syntax_name}; {type(exc).__name__})"
+        ) from exc
+    if plane.ndim != 2:
+        raise SeriesNotUsable(
+            f"{attr('PixelData')} of slice {z + 1} decodes to {plane.ndim} dimensions; expected 2"
+        )
+    return plane
+
+
+def _deferred_path(ds: Dataset) -> str | None:
+    """The file to decode from when Pixel Data was not read yet (``defer_size``):
+    decoding from the file leaves the caller's dataset small."""
+    element = ds.get_item(0x7FE00010, keep_deferred=True)
+    filename = getattr(ds, "filename", None)
+    if isinstance(element, RawDataElement) and element.value is None and filename:
+        return str(filename)
+    return None
+
+
+def _to_hu(plane: np.ndarray, ds: Dataset) -> np.ndarray:
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if slope == 1.0 and intercept.is_integer():
+        hu = plane.astype(np.int32) + int(intercept)
+    else:
+        hu = np.rint(plane.astype(np.float32) * np.float32(slope) + np.float32(intercept))
+    return np.clip(hu, -32768, 32767).astype(np.int16)
+
+
+def _without_pixels(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` sharing its elements, without the Pixel Data group (7FE0)."""
+    copy = Dataset()
+    for tag in ds.keys():
+        if tag.group != 0x7FE0:
+            copy[tag] = ds[tag]
+    if hasattr(ds, "file_meta"):
+        copy.file_meta = ds.file_meta
+    return copy
+
+
+def _mm(values: np.ndarray) -> str:
+    return "\\".join(f"{v:g}" for v in values)

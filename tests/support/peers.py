@@ -1,0 +1,256 @@
+"""Real peers on loopback for tests and benchmarks: dcmtk, Orthanc, Redis, the node.
+
+Each starts on ports picked by binding port 0 and stops by process id. A peer
+binary that is missing skips the test on a developer's machine and fails it
+when ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.wait import wait_for
+
+# Debian's dcmtk leaves Nagle's algorithm on: ~22 instances/s without this.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        message = f"{binary} is not installed (see README: make test installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def storescu(port: int, files: Sequence[Path], called: str = "DICOM-NODE",
+             calling: str = "STORESCU", extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    require("storescu")
+    cmd = ["storescu", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port),
+           *[str(f) for f in files]]  # fmt: skip
+    return subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=600)
+
+
+def echoscu(port: int, called: str = "DICOM-NODE", calling: str = "ECHOSCU"
+            ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    require("echoscu")
+    cmd = ["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
+    return subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=60)
+
+
+@dataclass
+class Orthanc:
+    """A real Orthanc as PACS/archive, with a REST client."""
+
+    folder: Path
+    aet: str = "ORTHANC"
+    http_port: int = field(default_factory=free_port)
+    dicom_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, modalities: dict[str, list[Any]] | None = None) -> Orthanc:
+        binary = require("Orthanc")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "test-archive", "HttpPort": self.http_port, "DicomPort": self.dicom_port,
+            "DicomAet": self.aet, "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "index"), "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomModalities": modalities or {},
+            "DicomCheckCalledAet": False, "HttpTimeout": 600, "DicomScuTimeout": 600,
+            "Plugins": [],
+        }  # fmt: skip
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
+        log = open(self.folder / "orthanc.log", "wb")
+        self.proc = subprocess.Popen([binary, str(self.folder / "orthanc.json")],
+                                     stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        wait_for(lambda: self._alive(), 60, "Orthanc to answer on HTTP")
+        return self
+
+    def _alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"Orthanc exited: see {self.folder / 'orthanc.log'}")
+        try:
+            self.get("/system")
+            return True
+        except OSError:
+            return False
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Any:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body,
+                                     method=method)  # fmt: skip
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            data = resp.read()
+        return json.loads(data) if data[:1] in (b"{", b"[") else data
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        return dict(self.request("POST", "/instances", path.read_bytes()))
+
+    def push(self, modality: str, resource_id: str) -> Any:
+        body = json.dumps({"Resources": [resource_id], "Synchronous": True}).encode()
+        return self.request("POST", f"/modalities/{modality}/store", body)
+
+    def instances_of_study(self, study_uid: str) -> list[dict[str, Any]]:
+        body = json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study_uid},
+                           "Expand": True}).encode()  # fmt: skip
+        return list(self.request("POST", "/tools/find", body))
+
+    def file(self, instance_id: str) -> bytes:
+        return bytes(self.request("GET", f"/instances/{instance_id}/file"))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+@dataclass
+class Storescp:
+    """dcmtk storescp as a simple archive writing every instance to a folder."""
+
+    folder: Path
+    aet: str = "ARCHIVE"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Storescp:
+        binary = require("storescp")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "-aet", self.aet, "-od", str(self.folder), "-uf", str(self.port)],
+            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: port_open(self.port), 30, "storescp to listen")
+        return self
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+@dataclass
+class Redis:
+    folder: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Redis:
+        binary = require("redis-server")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: port_open(self.port), 30, "redis-server to listen")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+@dataclass
+class NodeProcess:
+    """``dicom-node serve`` (or ``worker``) as a real process with its own log file."""
+
+    folder: Path
+    config: dict[str, Any]
+    command: str = "serve"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.folder / "config.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / f"{self.command}.log"
+
+    def write_config(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.config.setdefault("node", {})["port"] = self.port
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def start(self, wait_listening: bool = True) -> NodeProcess:
+        self.write_config()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers", self.command, "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.folder,
+        )  # fmt: skip
+        if wait_listening and self.command == "serve":
+            wait_for(self._listening, 60, "the node to listen")
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"dicom-node exited {self.proc.returncode}:\n{self.log()}")
+        return port_open(self.port)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "workers", *args, "--config", str(self.config_path)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        result = self.cli("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    def stop(self, timeout: float = 120) -> int:
+        return stop_process(self.proc, timeout) if self.proc is not None else 0

@@ -1,0 +1,1 @@
+"""The thin Celery shell around ``pipelines``: one task, run in worker processes."""

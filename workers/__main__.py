@@ -1,0 +1,5 @@
+import sys
+
+from workers.entry import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""The worker side the node is handed at start-up: enqueue, start workers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicom_node.settings import Settings
+from workers.app import TASK_NAME, make_app
+
+
+class CeleryBackend:
+    def make_enqueue(self, settings: Settings) -> Any:
+        app = make_app(settings)
+        queue = settings.workers.queue
+
+        def enqueue(message: dict[str, Any]) -> None:
+            app.send_task(
+                TASK_NAME,
+                args=[message],
+                queue=queue,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1},
+            )
+
+        return enqueue
+
+    def worker_command(self, settings: Settings, config: Path | None) -> list[str]:
+        command = [sys.executable, "-m", "workers", "worker"]
+        if config is not None:
+            command += ["--config", str(Path(config).resolve())]
+        return command
+
+    def pipeline_names(self) -> set[str]:
+        from pipelines.registry import BUILTIN
+
+        return set(BUILTIN)
+
+    def run_worker(self, settings: Settings, queues: list[str], concurrency: int | None) -> int:
+        from workers.tasks import register
+
+        app = make_app(settings)
+        register(app, settings)
+        argv = [
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency or settings.workers.concurrency}",
+            f"--queues={','.join(queues)}",
+            "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--hostname=dicom-node@%h",
+        ]
+        app.worker_main(argv)
+        return 0
