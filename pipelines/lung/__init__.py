@@ -23,7 +23,7 @@ from pipelines.volume import load_ct_volume
 LABEL_RIGHT_LUNG = 2
 LABEL_LEFT_LUNG = 3
 EMPHYSEMA_THRESHOLD_HU = -950
-MODEL_FOLDER = ("models", "lung_ct")  # inside the ``pipelines`` package
+MODEL_FOLDER = "models/lung_ct"  # package data inside ``pipelines``
 
 _IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
@@ -79,7 +79,9 @@ class LungCT:
         """Load the lung model from the installed package data."""
         from pipelines.model import load_model  # TensorFlow comes with it
 
-        folder = resources.files("pipelines").joinpath(*MODEL_FOLDER)
+        folder = resources.files("pipelines")
+        for part in MODEL_FOLDER.split("/"):
+            folder = folder.joinpath(part)
         with resources.as_file(folder) as path:
             return load_model(path)
 

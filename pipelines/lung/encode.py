@@ -15,10 +15,11 @@ Codes and why:
 - SR procedure reported: LN 25045-6 "CT unspecified body region", the CT entry
   of CID 100 (the CID lists no chest-specific CT procedure).
 - Lung volume: SCT 118565006 "Volume" (CID 7469 / 7472) in UCUM "ml".
-- Emphysema index: no standard DICOM, SNOMED CT or LOINC concept exists for
-  "% of lung volume below -950 HU" (%LAA-950). It is coded in the private scheme
-  ``99DCMNODE`` (PS3.16 8.2: "99" marks a local scheme), declared in the SR's
-  Coding Scheme Identification Sequence, with UCUM "%". Should a standard code
+- Emphysema index: PS3.16 has no concept for "% of lung volume below -950 HU"
+  (%LAA-950) and none was found in SNOMED CT or LOINC. It is coded in the local
+  scheme ``99DCMNODE`` (PS3.16 8.2: "99" marks a local scheme), declared in the
+  SR's Coding Scheme Identification Sequence, with UCUM "%" (dciodvfy warns that
+  it does not know the scheme; a warning, not an error). Should a standard code
   appear (e.g. a RadElement CDE), only ``EMPHYSEMA_INDEX`` changes.
 """
 

@@ -20,6 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     generate_uid,
@@ -109,8 +110,9 @@ def lung_phantom(shape: tuple[int, int, int] = (12, 40, 48)) -> tuple[np.ndarray
     The right lung (low x, the patient's right) has every 4th column at -980 HU.
     """
     nz, ny, nx = shape
-    zz, yy, xx = np.mgrid[:nz, :ny, :nx]
-    body = ((yy - ny / 2) / (ny * 0.45)) ** 2 + ((xx - nx / 2) / (nx * 0.45)) ** 2 < 1
+    zz, yy, xx = np.ogrid[:nz, :ny, :nx]
+    disc = ((yy - ny / 2) / (ny * 0.45)) ** 2 + ((xx - nx / 2) / (nx * 0.45)) ** 2 < 1
+    body = np.broadcast_to(disc, shape)
     inner = (zz > 1) & (zz < nz - 2)
     right = (
         body
@@ -126,7 +128,7 @@ def lung_phantom(shape: tuple[int, int, int] = (12, 40, 48)) -> tuple[np.ndarray
     hu[body] = 40
     hu[left] = -870
     hu[right] = -860
-    hu[right & (xx % 4 == 0)] = -980
+    hu[right & np.broadcast_to(xx % 4 == 0, shape)] = -980
     labels = np.zeros(shape, np.uint8)
     labels[body] = 1
     labels[right] = 2
@@ -173,7 +175,7 @@ def _slice_dataset(
 def _file_meta(sop_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     return meta

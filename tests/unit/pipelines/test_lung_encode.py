@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,9 @@ def test_no_lung_at_all_skips_the_series() -> None:
         measure_lungs(volume, np.minimum(labels, 1))
 
 
-def _labels_model(labels: np.ndarray):  # noqa: ANN202 - a stand-in until the real model ships
+def _labels_model(labels: np.ndarray) -> Callable[..., dict[str, np.ndarray]]:
+    """A stand-in model that returns fixed labels (until the real model ships)."""
+
     def model(volume: np.ndarray, spacing: np.ndarray) -> dict[str, np.ndarray]:
         assert volume.dtype == np.int16 and spacing.dtype == np.float32
         return {"labels": labels}
@@ -206,3 +209,16 @@ def test_model_output_of_the_wrong_shape_fails_the_job() -> None:
 def test_registry_names_the_known_pipelines_for_an_unknown_name() -> None:
     with pytest.raises(KeyError, match="unknown pipeline 'lung-mr'; known: lung-ct"):
         get("lung-mr")
+
+
+def test_emphysema_index_counts_voxels_strictly_below_minus_950() -> None:
+    hu = np.full((3, 4, 4), -950, np.int16)
+    hu[:, :, :2] = -951
+    labels = np.full(hu.shape, 3, np.uint8)
+    volume = LungCT().prepare(make_ct_datasets(hu).datasets)
+
+    (left,) = measure_lungs(volume, labels).lungs
+
+    assert left.side == "left"
+    assert left.emphysema_percent == pytest.approx(50.0)
+    assert left.volume_ml == pytest.approx(48 * 2.5 * 0.8 * 0.8 / 1000)
