@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd("serve", "run the node: SCP, routing, jobs, sender (and embedded workers)")
     w = cmd("worker", "run pipeline workers against the configured broker")
     w.add_argument("--queues", help="comma-separated queues (default: workers.queue)")
-    w.add_argument("--concurrency", type=int, help="worker processes (default: workers.concurrency)")
+    w.add_argument(
+        "--concurrency", type=int, help="worker processes (default: workers.concurrency)"
+    )
     s = cmd("status", "print studies, jobs and outbox state")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--limit", type=int, default=20, help="recent jobs to list")
@@ -133,12 +135,21 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
         "jobs": jobs.counts(),
         "outbox": outbox.counts(),
         "recent_jobs": [
-            {"id": j.id, "state": j.state, "rule": j.rule, "pipeline": j.pipeline,
-             "series_uid": j.series_uid, "instances": len(j.inputs), "attempts": j.attempts,
-             "reason": j.reason, "timings": j.timings, "summary": j.summary}
+            {
+                "id": j.id,
+                "state": j.state,
+                "rule": j.rule,
+                "pipeline": j.pipeline,
+                "series_uid": j.series_uid,
+                "instances": len(j.inputs),
+                "attempts": j.attempts,
+                "reason": j.reason,
+                "timings": j.timings,
+                "summary": j.summary,
+            }
             for j in jobs.recent(limit)
         ],
-    }  # fmt: skip
+    }
     db.close()
     if as_json:
         print(json.dumps(report, indent=2))

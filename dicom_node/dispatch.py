@@ -93,9 +93,12 @@ class Dispatcher:
             return 0
         logger.info(
             "job %d queued: rule %s, pipeline %s, %d instances",
-            job_id, rule.name, rule.pipeline, len(files),
+            job_id,
+            rule.name,
+            rule.pipeline,
+            len(files),
             extra={"job": job_id, "series": series_uid},
-        )  # fmt: skip
+        )
         return 1
 
     # -- 2-4. enqueue, collect, recover -------------------------------------
@@ -111,7 +114,9 @@ class Dispatcher:
         elif age is not None and age < self.settings.workers.lease_seconds:
             if job.state == "queued":
                 self.jobs.mark_running(job.id, now - age)
-        elif age is not None or now - job.enqueued_at >= self.settings.workers.requeue_after_seconds:
+        elif (
+            age is not None or now - job.enqueued_at >= self.settings.workers.requeue_after_seconds
+        ):
             why = "its worker stopped answering" if age is not None else "no worker took it"
             self._recover(job, now, why)
 
@@ -122,9 +127,7 @@ class Dispatcher:
             logger.error("job %d failed: %s", job.id, reason, extra={"job": job.id})
             return
         logger.warning("job %d enqueued again: %s", job.id, why, extra={"job": job.id})
-        (self.spool.root / self.spool.work_relpath(job.id) / "started.json").unlink(
-            missing_ok=True
-        )
+        (self.spool.root / self.spool.work_relpath(job.id) / "started.json").unlink(missing_ok=True)
         self._send(job, now, count_attempt=True)
 
     def _send(self, job: Job, now: float, count_attempt: bool) -> None:
@@ -146,20 +149,28 @@ class Dispatcher:
 
     def _collect(self, job: Job, outcome: JobOutcome, work: Path) -> None:
         if outcome.status == "done":
-            moved = [self.spool.move_to_outbox(work / OUTPUTS / name, job.id)
-                     for name in outcome.outputs if (work / OUTPUTS / name).exists()]  # fmt: skip
-            moved += [self.spool.outbox_relpath(job.id, n) for n in outcome.outputs
-                      if (self.spool.root / self.spool.outbox_relpath(job.id, n)).exists()
-                      and self.spool.outbox_relpath(job.id, n) not in moved]  # fmt: skip
+            moved = [
+                self.spool.move_to_outbox(work / OUTPUTS / name, job.id)
+                for name in outcome.outputs
+                if (work / OUTPUTS / name).exists()
+            ]
+            moved += [
+                self.spool.outbox_relpath(job.id, n)
+                for n in outcome.outputs
+                if (self.spool.root / self.spool.outbox_relpath(job.id, n)).exists()
+                and self.spool.outbox_relpath(job.id, n) not in moved
+            ]
             self.outbox.add(job.id, moved, job.destinations)
         self.jobs.finish(job.id, outcome.status, outcome.reason, outcome.timings, outcome.summary)
         self.spool.remove_work(job.id)
         log = logger.info if outcome.status != "failed" else logger.error
         log(
-            "job %d %s%s", job.id, outcome.status,
+            "job %d %s%s",
+            job.id,
+            outcome.status,
             f": {outcome.reason}" if outcome.reason else "",
             extra={"job": job.id, "series": job.series_uid},
-        )  # fmt: skip
+        )
         if outcome.status == "done" and self.on_results is not None:
             self.on_results()
 

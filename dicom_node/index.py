@@ -83,9 +83,16 @@ class Index:
                 " ON CONFLICT(sop_uid) DO UPDATE SET series_uid = excluded.series_uid,"
                 " study_uid = excluded.study_uid, sop_class_uid = excluded.sop_class_uid,"
                 " path = excluded.path, size = excluded.size",
-                (rec.sop_uid, rec.series_uid, rec.study_uid, rec.sop_class_uid, rec.path,
-                 rec.size, now),
-            )  # fmt: skip
+                (
+                    rec.sop_uid,
+                    rec.series_uid,
+                    rec.study_uid,
+                    rec.sop_class_uid,
+                    rec.path,
+                    rec.size,
+                    now,
+                ),
+            )
             if old is not None and old["series_uid"] == rec.series_uid:
                 return False, None
             if old is not None:
@@ -111,9 +118,18 @@ class Index:
             " protocol_name, manufacturer, sop_class_uid, instances, last_received)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT(series_uid) DO UPDATE SET"
             " instances = instances + 1, last_received = excluded.last_received",
-            (rec.series_uid, rec.study_uid, rec.modality, rec.body_part, rec.description,
-             rec.protocol_name, rec.manufacturer, rec.sop_class_uid, now),
-        )  # fmt: skip
+            (
+                rec.series_uid,
+                rec.study_uid,
+                rec.modality,
+                rec.body_part,
+                rec.description,
+                rec.protocol_name,
+                rec.manufacturer,
+                rec.sop_class_uid,
+                now,
+            ),
+        )
 
     def studies_to_route(self) -> list[StudyState]:
         rows = self.db.query(

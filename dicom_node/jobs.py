@@ -81,9 +81,18 @@ class Jobs:
                 "INSERT OR IGNORE INTO jobs (study_uid, series_uid, rule, pipeline, input_digest,"
                 " inputs, destinations, state, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                (study_uid, series_uid, rule, pipeline, input_digest(sop_uids),
-                 json.dumps(list(inputs)), json.dumps(list(destinations)), now, now),
-            )  # fmt: skip
+                (
+                    study_uid,
+                    series_uid,
+                    rule,
+                    pipeline,
+                    input_digest(sop_uids),
+                    json.dumps(list(inputs)),
+                    json.dumps(list(destinations)),
+                    now,
+                    now,
+                ),
+            )
             return cur.lastrowid if cur.rowcount == 1 else None
 
     def get(self, job_id: int) -> Job | None:
@@ -104,8 +113,10 @@ class Jobs:
 
     def _update(self, job_id: int, sql: str, params: tuple[object, ...]) -> None:
         with self.db.transaction() as conn:
-            conn.execute(f"UPDATE jobs SET {sql}, updated_at = ? WHERE id = ?",
-                         (*params, time.time(), job_id))  # fmt: skip
+            conn.execute(
+                f"UPDATE jobs SET {sql}, updated_at = ? WHERE id = ?",
+                (*params, time.time(), job_id),
+            )
 
     def mark_enqueued(self, job_id: int, now: float, count_attempt: bool) -> None:
         self._update(
@@ -131,9 +142,14 @@ class Jobs:
         self._update(
             job_id,
             "state = ?, reason = ?, timings = ?, summary = ?, finished_at = ?",
-            (state, reason[:2000], json.dumps(timings or {}), json.dumps(summary or {}),
-             time.time() if now is None else now),
-        )  # fmt: skip
+            (
+                state,
+                reason[:2000],
+                json.dumps(timings or {}),
+                json.dumps(summary or {}),
+                time.time() if now is None else now,
+            ),
+        )
 
     def retry(self, job_id: int) -> bool:
         """Operator retry of an ended job: back to queued with a fresh attempt count."""

@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dicom_node import scu
 from dicom_node.dispatch import Dispatcher, Enqueue
@@ -31,6 +31,9 @@ from dicom_node.scp import Receiver, start_server
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from dicom_node.state import Database
+
+if TYPE_CHECKING:
+    from pynetdicom.transport import ThreadedAssociationServer
 
 logger = logging.getLogger(__name__)
 
@@ -93,23 +96,32 @@ class Node:
         self.stop_event = threading.Event()
         self._tick = threading.Event()
         self.sender = Sender(
-            self.outbox, self.spool, dict(settings.destinations), settings.send,
-            settings.node.ae_title, scu.send,
-        )  # fmt: skip
-        self.dispatcher = Dispatcher(
-            settings, self.spool, self.index, self.jobs, self.outbox,
-            backend.make_enqueue(settings), on_results=self.sender.wake.set,
-        )  # fmt: skip
-        self.receiver = Receiver(
-            self.spool, self.index, settings.storage.min_free_mb * 1024 * 1024
+            self.outbox,
+            self.spool,
+            dict(settings.destinations),
+            settings.send,
+            settings.node.ae_title,
+            scu.send,
         )
+        self.dispatcher = Dispatcher(
+            settings,
+            self.spool,
+            self.index,
+            self.jobs,
+            self.outbox,
+            backend.make_enqueue(settings),
+            on_results=self.sender.wake.set,
+        )
+        self.receiver = Receiver(self.spool, self.index, settings.storage.min_free_mb * 1024 * 1024)
         self.workers = (
-            EmbeddedWorkers(backend.worker_command(settings, config),
-                            settings.workers.shutdown_grace_seconds)
-            if settings.broker.embedded else None
-        )  # fmt: skip
+            EmbeddedWorkers(
+                backend.worker_command(settings, config), settings.workers.shutdown_grace_seconds
+            )
+            if settings.broker.embedded
+            else None
+        )
         self._threads: list[threading.Thread] = []
-        self.server = None
+        self.server: ThreadedAssociationServer | None = None
 
     def start(self) -> tuple[str, int]:
         requeued = self.dispatcher.requeue_unfinished()
@@ -125,9 +137,11 @@ class Node:
             self._threads.append(thread)
         logger.info(
             "listening as %s on %s:%d (broker: %s)",
-            self.settings.node.ae_title, host, port,
+            self.settings.node.ae_title,
+            host,
+            port,
             "embedded" if self.settings.broker.embedded else "external",
-        )  # fmt: skip
+        )
         return host, port
 
     def _dispatch_loop(self) -> None:

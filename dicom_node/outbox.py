@@ -162,9 +162,7 @@ class Sender:
                 stored += 1
                 if self.outbox.mark_sent(item, time.time()):
                     self.spool.remove(item.path)
-                logger.info(
-                    "stored result", extra={"job": item.job_id, "destination": name}
-                )
+                logger.info("stored result", extra={"job": item.job_id, "destination": name})
             else:
                 status = getattr(result, "status", None)
                 detail = getattr(result, "detail", "")

@@ -94,14 +94,23 @@ class Receiver:
                 check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID", "(0020,000E)"),
                 check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID", "(0008,0018)"),
             )
-            keys = {k: _text(ds, k) for k in ("Modality", "BodyPartExamined", "SeriesDescription",
-                                               "ProtocolName", "Manufacturer")}  # fmt: skip
+            keys = {
+                k: _text(ds, k)
+                for k in (
+                    "Modality",
+                    "BodyPartExamined",
+                    "SeriesDescription",
+                    "ProtocolName",
+                    "Manufacturer",
+                )
+            }
         except UnsafeUid as exc:
             logger.warning("refused an instance: %s", exc, extra=_peer(event))
             return _status(0xC211, str(exc))
         except Exception as exc:
-            logger.warning("refused an unparseable data set: %s", type(exc).__name__,
-                           extra=_peer(event))  # fmt: skip
+            logger.warning(
+                "refused an unparseable data set: %s", type(exc).__name__, extra=_peer(event)
+            )
             return _status(0xC210, "data set cannot be parsed")
         if sop_class not in STORAGE_SOP_CLASSES:
             return _status(0x0122, f"SOP class {sop_class[:40]} not supported")
@@ -123,11 +132,18 @@ class Receiver:
             logger.error("could not write an instance to the spool: %s", exc.strerror)
             return _status(0xA700, "out of resources: could not write to storage")
         record = InstanceRecord(
-            study_uid=study, series_uid=series, sop_uid=sop, sop_class_uid=sop_class,
-            path=rel, size=len(data), modality=keys["Modality"],
-            body_part=keys["BodyPartExamined"], description=keys["SeriesDescription"],
-            protocol_name=keys["ProtocolName"], manufacturer=keys["Manufacturer"],
-        )  # fmt: skip
+            study_uid=study,
+            series_uid=series,
+            sop_uid=sop,
+            sop_class_uid=sop_class,
+            path=rel,
+            size=len(data),
+            modality=keys["Modality"],
+            body_part=keys["BodyPartExamined"],
+            description=keys["SeriesDescription"],
+            protocol_name=keys["ProtocolName"],
+            manufacturer=keys["Manufacturer"],
+        )
         new, replaced = self.index.record(record)
         if replaced:
             self.spool.remove(replaced)
@@ -178,9 +194,9 @@ def start_server(settings: NodeSettings, receiver: Receiver) -> ThreadedAssociat
     if settings.allowed_calling_aets:
         ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.add_supported_context(VERIFICATION)
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, UNCOMPRESSED)
-    handlers = [
+    for sop_class in sorted(STORAGE_SOP_CLASSES):
+        ae.add_supported_context(sop_class, UNCOMPRESSED)
+    handlers: list[Any] = [
         (evt.EVT_C_STORE, receiver.handle_store),
         (evt.EVT_C_ECHO, receiver.handle_echo),
         (evt.EVT_ACCEPTED, receiver.handle_accepted),
@@ -188,4 +204,6 @@ def start_server(settings: NodeSettings, receiver: Receiver) -> ThreadedAssociat
         (evt.EVT_RELEASED, receiver.handle_closed),
         (evt.EVT_ABORTED, receiver.handle_closed),
     ]
-    return ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    assert server is not None  # block=False always returns the server
+    return server

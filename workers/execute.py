@@ -137,9 +137,14 @@ def _run(
         logger.exception("job %d: pipeline error", request.job_id)
         return ended("failed", f"pipeline error: {type(exc).__name__}: {exc}"[:500])
     return JobOutcome(
-        "done", "", outputs=names, timings={k: round(v, 3) for k, v in timings.items()},
-        summary=summarize(result.prediction), worker=_worker_name(), finished_at=time.time(),
-    )  # fmt: skip
+        "done",
+        "",
+        outputs=names,
+        timings={k: round(v, 3) for k, v in timings.items()},
+        summary=summarize(result.prediction),
+        worker=_worker_name(),
+        finished_at=time.time(),
+    )
 
 
 def _write_outputs(folder: Path, datasets: list[Dataset]) -> list[str]:

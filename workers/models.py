@@ -23,7 +23,5 @@ class ModelCache:
             if key not in self._models:
                 started = time.perf_counter()
                 self._models[key] = pipeline.load_model()
-                logger.info(
-                    "loaded model for %s %s in %.1f s", *key, time.perf_counter() - started
-                )
+                logger.info("loaded model for %s %s in %.1f s", *key, time.perf_counter() - started)
             return self._models[key]

@@ -17,11 +17,14 @@ from tests.support.wait import wait_for
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     folder = tmp_path_factory.mktemp("node")
-    proc = NodeProcess(folder, {
-        "node": {"stable_after_seconds": 1, "allowed_calling_aets": ["STORESCU", "ECHOSCU"]},
-        "storage": {"dir": "var"},
-        "rules": [],
-    }).start()  # fmt: skip
+    proc = NodeProcess(
+        folder,
+        {
+            "node": {"stable_after_seconds": 1, "allowed_calling_aets": ["STORESCU", "ECHOSCU"]},
+            "storage": {"dir": "var"},
+            "rules": [],
+        },
+    ).start()
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -49,8 +52,12 @@ def test_stored_instances_are_on_disk_and_indexed_when_storescu_returns(node, se
     assert stored == sorted(series.sop_uids)
     assert pydicom.dcmread(spool / f"{series.sop_uids[0]}.dcm").SOPInstanceUID == series.sop_uids[0]
     db = sqlite3.connect(node.folder / "var" / "node.sqlite")
-    assert db.execute("SELECT COUNT(*) FROM instances WHERE series_uid = ?",
-                      (series.series_uid,)).fetchone()[0] == 6  # fmt: skip
+    assert (
+        db.execute(
+            "SELECT COUNT(*) FROM instances WHERE series_uid = ?", (series.series_uid,)
+        ).fetchone()[0]
+        == 6
+    )
 
 
 def test_sending_the_same_instances_again_counts_them_once(node, series):
@@ -89,8 +96,11 @@ def test_missing_or_unsafe_uids_get_a_failure_status_and_nothing_is_written(
     result = storescu(node.port, [path], extra=["-v"])
     assert result.returncode != 0
     assert status in result.stderr + result.stdout
-    files = [p for p in (node.folder / "var").rglob("*") if p.is_file()
-             and "broker" not in p.parts and not p.name.startswith("node.sqlite")]  # fmt: skip
+    files = [
+        p
+        for p in (node.folder / "var").rglob("*")
+        if p.is_file() and "broker" not in p.parts and not p.name.startswith("node.sqlite")
+    ]
     assert sorted(files) == sorted(f for f in before if f in files)
     assert not list(node.folder.parent.rglob("evil*"))
     assert echoscu(node.port).returncode == 0, "the node keeps serving"
@@ -138,9 +148,13 @@ def test_no_patient_value_appears_in_any_log_line(node, series):
 
 
 def test_full_disk_answers_out_of_resources(tmp_path, series):
-    proc = NodeProcess(tmp_path / "full", {
-        "storage": {"dir": "var", "min_free_mb": 10**9}, "rules": [],
-    }).start()  # fmt: skip
+    proc = NodeProcess(
+        tmp_path / "full",
+        {
+            "storage": {"dir": "var", "min_free_mb": 10**9},
+            "rules": [],
+        },
+    ).start()
     try:
         result = storescu(proc.port, series.paths[:1], extra=["-v"])
         assert result.returncode != 0

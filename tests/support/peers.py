@@ -62,16 +62,31 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
     return int(proc.returncode)
 
 
-def storescu(port: int, files: Sequence[Path], called: str = "DICOM-NODE",
-             calling: str = "STORESCU", extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int,
+    files: Sequence[Path],
+    called: str = "DICOM-NODE",
+    calling: str = "STORESCU",
+    extra: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
     require("storescu")
-    cmd = ["storescu", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port),
-           *[str(f) for f in files]]  # fmt: skip
+    cmd = [
+        "storescu",
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *[str(f) for f in files],
+    ]
     return subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=600)
 
 
-def echoscu(port: int, called: str = "DICOM-NODE", calling: str = "ECHOSCU"
-            ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def echoscu(
+    port: int, called: str = "DICOM-NODE", calling: str = "ECHOSCU"
+) -> subprocess.CompletedProcess[str]:
     require("echoscu")
     cmd = ["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
     return subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=60)
@@ -91,17 +106,25 @@ class Orthanc:
         binary = require("Orthanc")
         self.folder.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "test-archive", "HttpPort": self.http_port, "DicomPort": self.dicom_port,
-            "DicomAet": self.aet, "StorageDirectory": str(self.folder / "storage"),
-            "IndexDirectory": str(self.folder / "index"), "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomModalities": modalities or {},
-            "DicomCheckCalledAet": False, "HttpTimeout": 600, "DicomScuTimeout": 600,
+            "Name": "test-archive",
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "index"),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomModalities": modalities or {},
+            "DicomCheckCalledAet": False,
+            "HttpTimeout": 600,
+            "DicomScuTimeout": 600,
             "Plugins": [],
-        }  # fmt: skip
+        }
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         log = open(self.folder / "orthanc.log", "wb")
-        self.proc = subprocess.Popen([binary, str(self.folder / "orthanc.json")],
-                                     stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [binary, str(self.folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
+        )
         wait_for(lambda: self._alive(), 60, "Orthanc to answer on HTTP")
         return self
 
@@ -116,8 +139,9 @@ class Orthanc:
             return False
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Any:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body,
-                                     method=method)  # fmt: skip
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method
+        )
         with urllib.request.urlopen(req, timeout=600) as resp:
             data = resp.read()
         return json.loads(data) if data[:1] in (b"{", b"[") else data
@@ -133,8 +157,9 @@ class Orthanc:
         return self.request("POST", f"/modalities/{modality}/store", body)
 
     def instances_of_study(self, study_uid: str) -> list[dict[str, Any]]:
-        body = json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study_uid},
-                           "Expand": True}).encode()  # fmt: skip
+        body = json.dumps(
+            {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}
+        ).encode()
         return list(self.request("POST", "/tools/find", body))
 
     def file(self, instance_id: str) -> bytes:
@@ -159,8 +184,10 @@ class Storescp:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [binary, "-aet", self.aet, "-od", str(self.folder), "-uf", str(self.port)],
-            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(lambda: port_open(self.port), 30, "storescp to listen")
         return self
 
@@ -182,10 +209,22 @@ class Redis:
         binary = require("redis-server")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(lambda: port_open(self.port), 30, "redis-server to listen")
         return self
 
@@ -226,8 +265,10 @@ class NodeProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "workers", self.command, "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.folder,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.folder,
+        )
         if wait_listening and self.command == "serve":
             wait_for(self._listening, 60, "the node to listen")
         return self
@@ -244,8 +285,10 @@ class NodeProcess:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "workers", *args, "--config", str(self.config_path)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def status(self) -> dict[str, Any]:
         result = self.cli("status", "--json")

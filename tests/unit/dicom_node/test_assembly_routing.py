@@ -29,9 +29,17 @@ def test_stable_studies_come_oldest_first():
 
 
 def series(**kw: object) -> SeriesSummary:
-    base = dict(study_uid="1.2", series_uid="1.2.3", modality="CT", body_part="CHEST",
-                description="Thorax 1mm", protocol_name="", manufacturer="", sop_class_uid=CT,
-                instances=120)  # fmt: skip
+    base = dict(
+        study_uid="1.2",
+        series_uid="1.2.3",
+        modality="CT",
+        body_part="CHEST",
+        description="Thorax 1mm",
+        protocol_name="",
+        manufacturer="",
+        sop_class_uid=CT,
+        instances=120,
+    )
     base.update(kw)
     return SeriesSummary(**base)  # type: ignore[arg-type]
 
@@ -64,8 +72,11 @@ def test_missing_attribute_matches_only_an_empty_pattern():
 
 
 def test_any_of_several_match_entries_selects_the_rule():
-    r = Rule.model_validate({"name": "r", "pipeline": "p", "match": [
-        {"BodyPartExamined": "CHEST"}, {"BodyPartExamined": "", "SeriesDescription": ".*Lung.*"}]})  # fmt: skip
+    either = [
+        {"BodyPartExamined": "CHEST"},
+        {"BodyPartExamined": "", "SeriesDescription": ".*Lung.*"},
+    ]
+    r = Rule.model_validate({"name": "r", "pipeline": "p", "match": either})
     assert select(series(body_part="", description="Lung 1mm"), [r]) == [r]
     assert select(series(body_part="", description="Abdomen"), [r]) == []
 

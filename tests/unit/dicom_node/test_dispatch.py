@@ -15,15 +15,27 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def make(tmp_path: Path, **workers: float):
-    settings = Settings.model_validate({
-        "node": {"stable_after_seconds": 10},
-        "storage": {"dir": str(tmp_path)},
-        "workers": {"requeue_after_seconds": 100, "lease_seconds": 30, "max_attempts": 2,
-                    **workers},
-        "destinations": {"archive": {"ae_title": "ARCH", "host": "127.0.0.1", "port": 104}},
-        "rules": [{"name": "lungs", "match": {"Modality": "CT"}, "pipeline": "lung-ct",
-                   "destinations": ["archive"]}],
-    })  # fmt: skip
+    settings = Settings.model_validate(
+        {
+            "node": {"stable_after_seconds": 10},
+            "storage": {"dir": str(tmp_path)},
+            "workers": {
+                "requeue_after_seconds": 100,
+                "lease_seconds": 30,
+                "max_attempts": 2,
+                **workers,
+            },
+            "destinations": {"archive": {"ae_title": "ARCH", "host": "127.0.0.1", "port": 104}},
+            "rules": [
+                {
+                    "name": "lungs",
+                    "match": {"Modality": "CT"},
+                    "pipeline": "lung-ct",
+                    "destinations": ["archive"],
+                }
+            ],
+        }
+    )
     db = Database(tmp_path / "node.sqlite")
     sent: list[dict] = []
     d = Dispatcher(settings, Spool(tmp_path), Index(db), Jobs(db), Outbox(db), sent.append)
@@ -32,9 +44,18 @@ def make(tmp_path: Path, **workers: float):
 
 def receive(d: Dispatcher, n: int, now: float, modality: str = "CT") -> None:
     for i in range(n):
-        d.index.record(InstanceRecord("1.2", "1.2.3", f"1.2.3.{i}", CT,
-                                      f"spool/1.2/1.2.3/1.2.3.{i}.dcm", 1, modality=modality),
-                       now=now)  # fmt: skip
+        d.index.record(
+            InstanceRecord(
+                "1.2",
+                "1.2.3",
+                f"1.2.3.{i}",
+                CT,
+                f"spool/1.2/1.2.3/1.2.3.{i}.dcm",
+                1,
+                modality=modality,
+            ),
+            now=now,
+        )
 
 
 def test_stable_study_becomes_one_enqueued_job_with_paths_not_pixels(tmp_path):
@@ -46,8 +67,15 @@ def test_stable_study_becomes_one_enqueued_job_with_paths_not_pixels(tmp_path):
     [message] = sent
     assert message["pipeline"] == "lung-ct"
     assert message["inputs"] == [f"spool/1.2/1.2.3/1.2.3.{i}.dcm" for i in range(3)]
-    assert set(message) == {"job_id", "pipeline", "inputs", "work_dir", "uid_root",
-                            "study_uid", "series_uid"}  # fmt: skip
+    assert set(message) == {
+        "job_id",
+        "pipeline",
+        "inputs",
+        "work_dir",
+        "uid_root",
+        "study_uid",
+        "series_uid",
+    }
 
 
 def test_unmatched_series_makes_no_job(tmp_path):
@@ -61,8 +89,9 @@ def test_late_instance_reroutes_and_runs_the_grown_series_again(tmp_path):
     d, sent = make(tmp_path)
     receive(d, 3, now=0.0)
     d.tick(now=11.0)
-    d.index.record(InstanceRecord("1.2", "1.2.3", "1.2.3.9", CT, "spool/x/9.dcm", 1,
-                                  modality="CT"), now=20.0)  # fmt: skip
+    d.index.record(
+        InstanceRecord("1.2", "1.2.3", "1.2.3.9", CT, "spool/x/9.dcm", 1, modality="CT"), now=20.0
+    )
     d.tick(now=25.0)
     assert len(sent) == 1
     d.tick(now=31.0)
@@ -90,7 +119,8 @@ def test_skipped_outcome_keeps_the_workers_reason(tmp_path):
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
     JobOutcome("skipped", "(0008,0060) Modality is MR; lung-ct needs CT").write(
-        _mkdir(tmp_path / sent[0]["work_dir"]))
+        _mkdir(tmp_path / sent[0]["work_dir"])
+    )
     d.tick(now=12.0)
     job = d.jobs.get(sent[0]["job_id"])
     assert (job.state, job.reason) == ("skipped", "(0008,0060) Modality is MR; lung-ct needs CT")

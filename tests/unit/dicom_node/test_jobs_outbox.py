@@ -9,8 +9,15 @@ from dicom_node.state import Database
 
 
 def rec(sop: str, series: str = "1.2.3", study: str = "1.2") -> InstanceRecord:
-    return InstanceRecord(study, series, sop, "1.2.840.10008.5.1.4.1.1.2",
-                          f"spool/{study}/{series}/{sop}.dcm", 10, modality="CT")  # fmt: skip
+    return InstanceRecord(
+        study,
+        series,
+        sop,
+        "1.2.840.10008.5.1.4.1.1.2",
+        f"spool/{study}/{series}/{sop}.dcm",
+        10,
+        modality="CT",
+    )
 
 
 def test_duplicate_instance_is_counted_once_and_does_not_reopen_the_study(tmp_path):
@@ -24,8 +31,14 @@ def test_duplicate_instance_is_counted_once_and_does_not_reopen_the_study(tmp_pa
 
 def test_same_job_is_created_once_per_set_of_instances(tmp_path):
     jobs = Jobs(Database(tmp_path / "db.sqlite"))
-    kw = dict(study_uid="1.2", series_uid="1.2.3", rule="r", pipeline="lung-ct",
-              inputs=["a", "b"], destinations=["archive"])  # fmt: skip
+    kw = dict(
+        study_uid="1.2",
+        series_uid="1.2.3",
+        rule="r",
+        pipeline="lung-ct",
+        inputs=["a", "b"],
+        destinations=["archive"],
+    )
     first = jobs.create(sop_uids=["1", "2"], **kw)
     assert first is not None
     assert jobs.create(sop_uids=["2", "1"], **kw) is None
@@ -53,8 +66,10 @@ def test_sent_file_is_deleted_only_after_every_destination_stored_it(tmp_path):
     answers = {"a": True, "b": False}
 
     def send(dest, paths, calling, timeout):
-        return [Result(answers[dest.ae_title.lower()], 0 if answers[dest.ae_title.lower()]
-                       else 0xA700) for _ in paths]  # fmt: skip
+        return [
+            Result(answers[dest.ae_title.lower()], 0 if answers[dest.ae_title.lower()] else 0xA700)
+            for _ in paths
+        ]
 
     sender = Sender(outbox, spool, dests, SendSettings(), "NODE", send)
     assert sender.run_once(now=1e12) == 1
@@ -89,11 +104,21 @@ def test_unreachable_destination_is_retried_then_dead_lettered_and_file_kept(tmp
 
 def test_job_inputs_round_trip_as_json(tmp_path):
     jobs = Jobs(Database(tmp_path / "db.sqlite"))
-    job_id = jobs.create(study_uid="1", series_uid="1.1", rule="r", pipeline="p",
-                         sop_uids=["9"], inputs=["spool/x.dcm"], destinations=[])  # fmt: skip
+    job_id = jobs.create(
+        study_uid="1",
+        series_uid="1.1",
+        rule="r",
+        pipeline="p",
+        sop_uids=["9"],
+        inputs=["spool/x.dcm"],
+        destinations=[],
+    )
     job = jobs.get(job_id)
     assert job.inputs == ["spool/x.dcm"] and job.state == "queued"
     jobs.finish(job_id, "skipped", "(0008,0060) Modality is MR", summary={"a": 1})
     job = jobs.get(job_id)
-    assert (job.state, job.reason, job.summary) == ("skipped", "(0008,0060) Modality is MR",
-                                                     json.loads('{"a": 1}'))  # fmt: skip
+    assert (job.state, job.reason, job.summary) == (
+        "skipped",
+        "(0008,0060) Modality is MR",
+        json.loads('{"a": 1}'),
+    )

@@ -1,0 +1,216 @@
+"""Chest CT in, SEG + SR back in the archive: the whole node on real peers.
+
+Orthanc plays the hospital PACS: it holds the study, pushes it to the node by
+C-STORE, and receives the results as the node's ``archive`` destination. The
+node runs from the shipped config.yaml with only contract keys changed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import yaml
+
+from tests.support.ct_series import SENTINEL_PATIENT, SeriesOptions, write_ct_series
+from tests.support.peers import NodeProcess, Orthanc, Redis, Storescp, storescu
+from tests.support.phantom import make_chest_phantom
+from tests.support.results import LEFT_LUNG, RIGHT_LUNG, dice, seg_labels, sr_measurements
+from tests.support.validators import errors_in_seg, errors_in_sr
+from tests.support.wait import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shipped_config(archive_aet: str, archive_port: int, **node: Any) -> dict[str, Any]:
+    """The repository's config.yaml with only contract keys changed."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["node"].update({"stable_after_seconds": 2, **node})
+    config["storage"]["dir"] = "var"
+    config["destinations"]["archive"].update(
+        {"ae_title": archive_aet, "host": "127.0.0.1", "port": archive_port}
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_chest_phantom((60, 320, 320), (2.5, 0.75, 0.75), seed=11)
+
+
+def check_results(seg_path: Path, sr_path: Path, series: Any, phantom: Any) -> None:
+    assert errors_in_seg(seg_path) == []
+    assert errors_in_sr(sr_path) == []
+    seg, sr = pydicom.dcmread(seg_path), pydicom.dcmread(sr_path)
+    for result in (seg, sr):
+        assert result.StudyInstanceUID == series.study_uid
+        assert result.SeriesInstanceUID != series.series_uid
+    assert seg.SeriesInstanceUID != sr.SeriesInstanceUID
+    labels = seg_labels(seg, series.sop_uids)
+    voxel_ml = float(np.prod(phantom.spacing)) / 1000.0
+    found = sr_measurements(sr)
+    for label, name in ((2, "Right lung"), (3, "Left lung")):
+        assert dice(labels == label, phantom.truth == label) >= 0.95, name
+        volume, unit = found[name]["Volume"]
+        truth_ml = float((phantom.truth == label).sum()) * voxel_ml
+        assert unit in ("ml", "cm3")
+        assert abs(volume - truth_ml) / truth_ml < 0.05, (name, volume, truth_ml)
+    codes = {str(s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in seg.SegmentSequence}
+    assert codes == {RIGHT_LUNG, LEFT_LUNG}
+
+
+def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(tmp_path, phantom):
+    archive = Orthanc(tmp_path / "orthanc")
+    node = NodeProcess(tmp_path / "node", {})
+    archive.start(modalities={"node": ["DICOM-NODE", "127.0.0.1", node.port]})
+    try:
+        node.config = shipped_config(archive.aet, archive.dicom_port)
+        node.start()
+        series = write_ct_series(
+            tmp_path / "ct", phantom.hu, SeriesOptions(spacing=phantom.spacing)
+        )
+        uploaded = [archive.upload(p) for p in series.paths]
+        archive.push("node", uploaded[0]["ParentStudy"])
+
+        def results() -> dict[str, str] | None:
+            found = {
+                i["MainDicomTags"].get("SOPInstanceUID"): i["ID"]
+                for i in archive.instances_of_study(series.study_uid)
+            }
+            by_modality = {}
+            for instance_id in found.values():
+                tags = archive.get(f"/instances/{instance_id}/simplified-tags")
+                if tags.get("Modality") in ("SEG", "SR"):
+                    by_modality[tags["Modality"]] = instance_id
+            return by_modality if len(by_modality) == 2 else None
+
+        ids = wait_for(results, 240, "SEG and SR in Orthanc", poll=1.0)
+        seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+        seg_path.write_bytes(archive.file(ids["SEG"]))
+        sr_path.write_bytes(archive.file(ids["SR"]))
+        check_results(seg_path, sr_path, series, phantom)
+        status = node.status()
+        [job] = status["recent_jobs"]
+        assert job["state"] == "done" and set(job["timings"]) >= {"load", "infer", "encode"}
+        wait_for(lambda: node.status()["outbox"] == {"sent": 2}, 30, "outbox to drain")
+        log = node.log()
+        assert all(value not in log for value in SENTINEL_PATIENT.values())
+    finally:
+        code = node.stop()
+        archive.stop()
+    assert code == 0, node.log()
+
+
+def test_redis_mode_runs_inference_in_separate_worker_processes(tmp_path, phantom):
+    redis = Redis(tmp_path / "redis").start()
+    archive = Storescp(tmp_path / "archive").start()
+    config = shipped_config(archive.aet, archive.port)
+    config["broker"] = {"url": redis.url}
+    node = NodeProcess(tmp_path / "node", config)
+    worker = NodeProcess(tmp_path / "node", config, command="worker", port=node.port)
+    try:
+        node.start()
+        assert "embedded worker" not in node.log()
+        worker.start()
+        series = write_ct_series(
+            tmp_path / "ct", phantom.hu, SeriesOptions(spacing=phantom.spacing)
+        )
+        assert storescu(node.port, series.paths).returncode == 0
+        wait_for(lambda: len(archive.files()) >= 2, 240, "SEG and SR at storescp", poll=1.0)
+        by_modality = {str(pydicom.dcmread(p).Modality): p for p in archive.files()}
+        check_results(by_modality["SEG"], by_modality["SR"], series, phantom)
+        assert "loaded model" in worker.log()
+    finally:
+        codes = (node.stop(), worker.stop())
+        archive.stop()
+        redis.stop()
+    assert codes[0] == 0, node.log()
+
+
+def test_flushed_redis_loses_no_job(tmp_path, phantom):
+    """The job table is the truth: a job whose message vanished is enqueued again."""
+    redis = Redis(tmp_path / "redis").start()
+    archive = Storescp(tmp_path / "archive").start()
+    config = shipped_config(archive.aet, archive.port)
+    config["broker"] = {"url": redis.url}
+    config["workers"] = {"requeue_after_seconds": 3}
+    node = NodeProcess(tmp_path / "node", config).start()
+    worker = NodeProcess(tmp_path / "node", config, command="worker", port=node.port)
+    try:
+        small = phantom.hu[::3]
+        series = write_ct_series(
+            tmp_path / "ct", small, SeriesOptions(spacing=(7.5, *phantom.spacing[1:]))
+        )
+        assert storescu(node.port, series.paths).returncode == 0
+        wait_for(lambda: node.status()["jobs"].get("queued"), 60, "the job to be queued")
+        wait_for(lambda: "job 1 queued" in node.log(), 30, "the job to be enqueued")
+        subprocess.run(
+            ["redis-cli", "-p", str(redis.port), "FLUSHALL"], check=True, capture_output=True
+        )
+        worker.start()
+        wait_for(lambda: node.status()["jobs"].get("done"), 180, "the job to finish")
+        assert "enqueued again" in node.log()
+        wait_for(lambda: len(archive.files()) >= 2, 60, "results at the archive")
+    finally:
+        codes = (node.stop(), worker.stop())
+        archive.stop()
+        redis.stop()
+    assert codes[0] == 0
+
+
+def test_results_wait_in_the_outbox_until_the_archive_comes_up(tmp_path, phantom):
+    archive = Storescp(tmp_path / "archive")  # not started yet
+    config = shipped_config(archive.aet, archive.port)
+    config["send"] = {"initial_backoff_seconds": 1, "max_backoff_seconds": 2}
+    node = NodeProcess(tmp_path / "node", config).start()
+    try:
+        series = write_ct_series(
+            tmp_path / "ct", phantom.hu[::4], SeriesOptions(spacing=(10.0, *phantom.spacing[1:]))
+        )
+        assert storescu(node.port, series.paths).returncode == 0
+        wait_for(lambda: node.status()["jobs"].get("done"), 180, "the job to finish")
+        wait_for(lambda: "will retry" in node.log(), 30, "a failed send attempt")
+        outbox = node.folder / "var" / "outbox"
+        assert len(list(outbox.rglob("*.dcm"))) == 2, "kept until stored"
+        archive.start()
+        wait_for(lambda: len(archive.files()) == 2, 60, "delivery after the archive came up")
+        wait_for(lambda: not list(outbox.rglob("*.dcm")), 30, "outbox files deleted after Success")
+    finally:
+        code = node.stop()
+        archive.stop()
+    assert code == 0
+
+
+def test_series_the_pipeline_cannot_use_end_skipped_with_a_reason(tmp_path, phantom):
+    archive = Storescp(tmp_path / "archive").start()
+    config = shipped_config(archive.aet, archive.port)
+    config["rules"] = [
+        {"name": "everything", "match": {}, "pipeline": "lung-ct", "destinations": ["archive"]}
+    ]
+    node = NodeProcess(tmp_path / "node", config).start()
+    try:
+        mr = write_ct_series(
+            tmp_path / "mr", phantom.hu[::10], SeriesOptions(spacing=(25.0, *phantom.spacing[1:]))
+        )
+        for path in mr.paths:
+            ds = pydicom.dcmread(path)
+            ds.Modality = "MR"
+            ds.save_as(path)
+        one = write_ct_series(
+            tmp_path / "one", phantom.hu[30:31], SeriesOptions(spacing=phantom.spacing)
+        )
+        assert storescu(node.port, [*mr.paths, *one.paths]).returncode == 0
+        wait_for(lambda: node.status()["jobs"].get("skipped") == 2, 120, "two skipped jobs")
+        reasons = sorted(j["reason"] for j in node.status()["recent_jobs"])
+        assert any("(0008,0060) Modality" in r and "MR" in r for r in reasons), reasons
+        assert any("slice" in r or "instance" in r for r in reasons), reasons
+        assert archive.files() == []
+        assert storescu(node.port, one.paths).returncode == 0, "the node keeps serving"
+    finally:
+        code = node.stop()
+        archive.stop()
+    assert code == 0
