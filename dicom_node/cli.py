@@ -146,6 +146,9 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
                 "reason": j.reason,
                 "timings": j.timings,
                 "summary": j.summary,
+                "created_at": j.created_at,
+                "started_at": j.started_at,
+                "finished_at": j.finished_at,
             }
             for j in jobs.recent(limit)
         ],

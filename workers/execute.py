@@ -73,6 +73,26 @@ def _heartbeat(path: Path, every: float) -> Iterator[None]:
         thread.join()
 
 
+def _memory_mb(field: str) -> float:
+    """VmRSS or VmHWM (peak) of this process in MB, from /proc (Linux); 0 elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _reset_peak_memory() -> None:
+    try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -119,10 +139,13 @@ def _run(
         started = time.perf_counter()
         model = models.get(pipeline)
         loaded = time.perf_counter() - started
+        _reset_peak_memory()
+        rss_before = _memory_mb("VmRSS")
         result = run_series(pipeline, model, paths, uids)
         written = time.perf_counter()
         names = _write_outputs(work / OUTPUTS, result.datasets)
         timings = {"model": loaded, **result.timings, "write": time.perf_counter() - written}
+        memory = {"rss_before_mb": rss_before, "peak_rss_mb": _memory_mb("VmHWM")}
     except SeriesNotUsable as exc:
         return ended("skipped", str(exc))
     except PipelineFailed as exc:
@@ -141,7 +164,7 @@ def _run(
         "",
         outputs=names,
         timings={k: round(v, 3) for k, v in timings.items()},
-        summary=summarize(result.prediction),
+        summary={**summarize(result.prediction), **{k: round(v) for k, v in memory.items()}},
         worker=_worker_name(),
         finished_at=time.time(),
     )

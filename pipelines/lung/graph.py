@@ -20,7 +20,7 @@ Method (TensorFlow ops only, dynamic shapes, so the same graph runs on CPU or GP
    is not pure gas (stomach, bowel, a wide trachea) becomes that side's lung; a
    component lying across the midline is cut there.
 4. What the opening shaved off is grown back within the air for about the
-   opening radius; holes (vessels, nodules) are filled per axial slice.
+   opening radius; holes up to 10 cm2 (vessels, nodules) are filled per axial slice.
 5. Full resolution: the coarse lung interior is lung; in a one-block band around
    each lung a voxel is lung when below -400 HU. The body outline is refined the
    same way.
@@ -46,7 +46,8 @@ MIN_LUNG_ML = 30.0
 MIN_LUNG_AREA_MM2 = 1000.0  # short scans: minimum lung volume per mm of scan length
 MIN_LUNG_BODY_FRACTION = 0.02
 MAX_GAS_SHARE = 0.5  # share of a component's blocks darker than GAS_HU
-SPLIT_SHARE = 0.25  # a component with this share on each side of the midline is cut
+SPLIT_SHARE = 0.25
+MAX_HOLE_MM2 = 1000.0  # larger holes in an axial lung section are not filled  # a component with this share on each side of the midline is cut
 
 # Transposes that bring an axis last (each is its own inverse).
 _PERMS = {0: [2, 1, 0], 1: [0, 2, 1], 2: None}
@@ -90,7 +91,7 @@ def segment(volume: tf.Tensor, spacing: tf.Tensor) -> tf.Tensor:
     scan_mm = tf.cast(tf.shape(volume)[0], tf.float32) * spacing[0]
     lungs = _find_lungs(air & body, coarse_hu < GAS_HU, body, block_mm, scan_mm)
     lungs = _grow_back(lungs, air & body, block_mm)
-    lungs = _fill_holes(lungs)
+    lungs = _fill_holes(lungs, block_mm)
     return _refine(volume, lungs, body, factors)
 
 
@@ -169,20 +170,25 @@ def _flood_from_border(mask: tf.Tensor) -> tf.Tensor:
     return _spread(seeds, mask, (1, 2)) > 0
 
 
-def _components(mask: tf.Tensor) -> tf.Tensor:
-    """int32 (z, y, x): one positive id per 6-connected region of ``mask``, 0 elsewhere."""
+def _components(mask: tf.Tensor, axes: tuple[int, ...] = (2, 1, 0)) -> tf.Tensor:
+    """int32 (z, y, x): one positive id per region of ``mask`` connected along ``axes``
+    (face neighbours; all three axes: 6-connected in 3-D), 0 elsewhere."""
     ids = tf.reshape(tf.range(1, tf.size(mask) + 1), tf.shape(mask))
-    return _spread(ids, mask, (2, 1, 0))
+    return _spread(ids, mask, axes)
+
+
+def _region_sizes(mask: tf.Tensor, axes: tuple[int, ...] = (2, 1, 0)) -> tf.Tensor:
+    """int32 (z, y, x): voxel count of the region (see ``_components``) each voxel of
+    ``mask`` belongs to, 0 outside the mask."""
+    where = tf.where(mask)
+    _, idx, counts = tf.unique_with_counts(tf.gather_nd(_components(mask, axes), where))
+    return tf.scatter_nd(where, tf.gather(counts, idx), tf.shape(mask, out_type=tf.int64))
 
 
 def _largest_component(mask: tf.Tensor) -> tf.Tensor:
     """bool (z, y, x): the largest 6-connected region of ``mask`` (empty if none)."""
-    labels = _components(mask)
-    found = tf.concat([tf.boolean_mask(labels, mask), [0]], axis=0)
-    ids, _, counts = tf.unique_with_counts(found)
-    counts = tf.where(ids > 0, counts, 0)
-    best = ids[tf.argmax(counts)]
-    return mask & tf.equal(labels, best)
+    sizes = _region_sizes(mask)
+    return mask & tf.equal(sizes, tf.reduce_max(sizes))
 
 
 def _find_lungs(
@@ -271,13 +277,16 @@ def _grow_back(lungs: tf.Tensor, allowed: tf.Tensor, block_mm: tf.Tensor) -> tf.
     return tf.cast(grown, tf.int32)
 
 
-def _fill_holes(lungs: tf.Tensor) -> tf.Tensor:
-    """int32 (z, y, x): each lung with the holes of its axial slices filled
-    (vessels, nodules and airway walls inside the lung belong to it)."""
+def _fill_holes(lungs: tf.Tensor, block_mm: tf.Tensor) -> tf.Tensor:
+    """int32 (z, y, x): each lung with the holes of its axial slices filled (vessels,
+    nodules, airway walls), except holes larger than MAX_HOLE_MM2 (the top of a
+    diaphragm dome, a large mass)."""
+    holes = tf.zeros_like(lungs)
     for label in (RIGHT_LUNG, LEFT_LUNG):
         enclosed = tf.logical_not(_flood_from_border(tf.not_equal(lungs, label)))
-        lungs = tf.where(enclosed & tf.equal(lungs, 0), label, lungs)
-    return lungs
+        holes = tf.where(enclosed & tf.equal(lungs, 0), label, holes)
+    area = tf.cast(_region_sizes(holes > 0, (2, 1)), tf.float32) * block_mm[1] * block_mm[2]
+    return tf.where((holes > 0) & (area <= MAX_HOLE_MM2), holes, lungs)
 
 
 def _refine(volume: tf.Tensor, lungs: tf.Tensor, body: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:

@@ -20,7 +20,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-AIR, FAT, TISSUE, LIVER, BONE, RIB, PARENCHYMA, EMPHYSEMA = -1000, -100, 40, 60, 250, 600, -860, -975
+# Initial directions (z, y, x toward the lateral side) of each lung's vessel trees.
+VESSEL_ROOTS = ((1.0, 0.0, 1.0), (-1.0, 0.2, 1.0), (-0.5, 0.8, 0.5), (0.3, -0.8, 0.6))
+
+AIR, FAT, TISSUE, LIVER, BONE, RIB, PARENCHYMA, EMPHYSEMA = (
+    -1000,
+    -100,
+    40,
+    60,
+    250,
+    600,
+    -860,
+    -975,
+)
 
 
 @dataclass(frozen=True)
@@ -123,11 +135,8 @@ def make_chest_phantom(
         _draw_nodules(hu, truth, grid, lay, rng)
     if stomach_gas:
         _draw_stomach(hu, grid, lay)
-    if partial_volume:
-        _blur_in_plane(hu)
-    _add_noise(hu, noise_hu, rng)
     body = np.broadcast_to(body2d, (nz, ny, nx))
-    return Phantom(hu.astype(np.int16), (sz, sy, sx), truth, body)
+    return Phantom(_finish(hu, noise_hu, partial_volume, rng), (sz, sy, sx), truth, body)
 
 
 def _layout(scan_mm: float, scale: float) -> _Layout:
@@ -205,7 +214,8 @@ def _lung_axes(lay: _Layout, side: int) -> tuple[float, float, float, float]:
 def _dome_height(x: np.ndarray, y: np.ndarray, lay: _Layout, side: int) -> np.ndarray:
     """z (mm) of the lung base under each (y, x): a dome, highest at the lung's centre."""
     cx, cy, hx, hy = _lung_axes(lay, side)
-    bump = 1.0 - ((x - cx) / (0.8 * hx)) ** 2 - ((y - cy) / (0.8 * hy)) ** 2
+    centre = cx - 0.35 * side * hx  # medial, so low sections of the dome open medially
+    bump = 1.0 - ((x - centre) / (0.9 * hx)) ** 2 - ((y - cy) / (0.8 * hy)) ** 2
     lift = 0.04 * lay.height if side < 0 else 0.0  # the right dome sits higher
     return lay.base + lift + lay.dome * np.clip(bump, 0.0, 1.0)
 
@@ -271,17 +281,18 @@ def _draw_vessels(
     s = lay.a / 160.0
     for side in (-1, 1):
         root = np.array([lay.base + 0.48 * lay.height, lay.y0 + 0.04 * lay.b, 0.28 * side * lay.a])
-        for direction in ([1.0, 0.0, side], [-1.0, 0.2, side], [-0.5, 0.8, 0.5 * side]):
-            stack = [(root, np.array(direction), 4.5 * s, 38.0 * s, 0)]
+        for dz, dy, dx in VESSEL_ROOTS:
+            stack = [(root, np.array([dz, dy, dx * side]), 4.5 * s, 36.0 * s, 0)]
             while stack:
                 start, heading, radius, length, depth = stack.pop()
                 heading = heading / np.linalg.norm(heading)
                 end = start + heading * length * rng.uniform(0.8, 1.2)
                 _draw_tube(hu, grid, start, end, radius, TISSUE, within=lung)
-                if depth < 4:
+                if depth < 5:
                     for _ in range(2):
                         turn = heading + rng.normal(0.0, 0.5, 3)
-                        stack.append((end, turn, max(0.7 * radius, 0.8), 0.8 * length, depth + 1))
+                        child = (end, turn, max(0.7 * radius, 0.8), 0.8 * length, depth + 1)
+                        stack.append(child)
 
 
 def _draw_nodules(
@@ -328,7 +339,9 @@ def _random_points(
         return []
     picks = rng.choice(index, size=count)
     k, j, i = np.unravel_index(picks, mask[:, ::4, ::4].shape)
-    return [np.array([grid.z[a], grid.y[4 * b], grid.x[4 * c]]) for a, b, c in zip(k, j, i, strict=True)]
+    return [
+        np.array([grid.z[a], grid.y[4 * b], grid.x[4 * c]]) for a, b, c in zip(k, j, i, strict=True)
+    ]
 
 
 def _draw_ball(
@@ -370,22 +383,36 @@ def _draw_tube(
     hu[box][tube] = value
 
 
-def _blur_in_plane(hu: np.ndarray, slab: int = 32) -> None:
-    """Partial volume: a [1, 2, 1] / 4 filter along y and x, in place, slab by slab."""
+def _finish(hu: np.ndarray, sigma: float, blur: bool, rng: np.random.Generator) -> np.ndarray:
+    """int16 HU from float32 ``hu``: optional partial-volume blur ([1, 2, 1] / 4 along
+    y and x), plus Gaussian noise of ``sigma`` HU, done slab by slab (``hu`` is
+    overwritten). The noise is one random block reused at random in-plane offsets."""
+    out = np.empty(hu.shape, np.int16)
+    slab, margin = 16, 32
+    _, ny, nx = hu.shape
+    noise = rng.standard_normal((slab, ny + margin, nx + margin), dtype=np.float32)
+    noise *= np.float32(sigma)
     for k in range(0, hu.shape[0], slab):
         part = hu[k : k + slab]
-        for axis in (1, 2):
-            padded = np.concatenate([part.take([0], axis), part, part.take([-1], axis)], axis)
-            n = part.shape[axis]
-            lo = padded.take(np.arange(0, n), axis)
-            hi = padded.take(np.arange(2, n + 2), axis)
-            part[...] = 0.5 * part + 0.25 * (lo + hi)
+        if blur:
+            _blur(part)
+        if sigma > 0:
+            dy, dx = rng.integers(0, margin, 2)
+            part += noise[: part.shape[0], dy : dy + ny, dx : dx + nx]
+        np.rint(part, out=part)
+        out[k : k + slab] = part
+    return out
 
 
-def _add_noise(hu: np.ndarray, sigma: float, rng: np.random.Generator, slab: int = 32) -> None:
-    """Gaussian noise of ``sigma`` HU, in place, slab by slab."""
-    if sigma <= 0:
-        return
-    for k in range(0, hu.shape[0], slab):
-        part = hu[k : k + slab]
-        part += rng.standard_normal(part.shape, dtype=np.float32) * np.float32(sigma)
+def _blur(part: np.ndarray) -> None:
+    """[1, 2, 1] / 4 along y then x, in place (edge rows and columns are kept)."""
+    for axis in (1, 2):
+        low = [slice(None)] * 3
+        mid = [slice(None)] * 3
+        high = [slice(None)] * 3
+        low[axis], mid[axis], high[axis] = slice(0, -2), slice(1, -1), slice(2, None)
+        side = part[tuple(low)] + part[tuple(high)]
+        side *= np.float32(0.25)
+        centre = part[tuple(mid)]
+        centre *= np.float32(0.5)
+        centre += side

@@ -7,6 +7,7 @@ test locally and fails it when ``CI=true``.
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.peers import require
@@ -20,34 +21,49 @@ JAVA_LIMITS = [
 ]
 
 
-def _errors(command: list[str]) -> list[str]:
+@dataclass(frozen=True)
+class Report:
+    text: str
+
+    @property
+    def errors(self) -> list[str]:
+        return [line for line in self.text.splitlines() if line.startswith("Error")]
+
+
+def _run(command: list[str]) -> Report:
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+    return Report(done.stdout + done.stderr)
 
 
-def dciodvfy(path: Path) -> list[str]:
-    return _errors([require("dciodvfy"), str(path)])
+def dciodvfy(path: Path) -> Report:
+    return _run([require("dciodvfy"), str(path)])
 
 
-def pixelmed(validator: str, path: Path) -> list[str]:
+def pixelmed(validator: str, path: Path) -> Report:
     java = require("java")
     if not PIXELMED_JAR.exists():
         require("pixelmed.jar (Debian libpixelmed-java)")
-    return _errors(
-        [
-            java,
-            *JAVA_LIMITS,
-            "-cp",
-            str(PIXELMED_JAR),
-            f"com.pixelmed.validate.{validator}",
-            str(path),
-        ]
-    )
+    classname = f"com.pixelmed.validate.{validator}"
+    return _run([java, *JAVA_LIMITS, "-cp", str(PIXELMED_JAR), classname, str(path)])
+
+
+def seg_reports(path: Path) -> list[Report]:
+    """dciodvfy and PixelMed's DicomInstanceValidator on a SEG."""
+    instance = pixelmed("DicomInstanceValidator", path)
+    assert "IOD validation complete" in instance.text, instance.text
+    return [dciodvfy(path), instance]
+
+
+def sr_reports(path: Path) -> list[Report]:
+    """dciodvfy and PixelMed's DicomSRValidator (TID 1500 template check) on an SR."""
+    template = pixelmed("DicomSRValidator", path)
+    assert "Found Root Template TID_1500" in template.text, template.text
+    return [dciodvfy(path), template]
 
 
 def errors_in_seg(path: Path) -> list[str]:
-    return dciodvfy(path) + pixelmed("DicomInstanceValidator", path)
+    return [line for report in seg_reports(path) for line in report.errors]
 
 
 def errors_in_sr(path: Path) -> list[str]:
-    return dciodvfy(path) + pixelmed("DicomSRValidator", path)
+    return [line for report in sr_reports(path) for line in report.errors]
