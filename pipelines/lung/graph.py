@@ -9,21 +9,24 @@ The graph maps a CT volume in Hounsfield units to a label map::
 
 Method (TensorFlow ops only, dynamic shapes, so the same graph runs on CPU or GPU):
 
-1. Coarse grid: HU clipped to [-1024, 100] and averaged over blocks of about
-   3 mm (an integer factor per axis, computed from ``spacing``).
-2. Outside air: coarse air (mean below -400 HU) joined to the image border within
-   its axial slice. Body: the largest 3-D connected region of everything else,
-   which leaves out the table.
+1. Coarse grid: blocks of about 3 mm (an integer number of voxels per axis, from
+   ``spacing``). A block is air when most of its voxels are below -400 HU, and
+   gas when most of its air is below -950 HU (airway lumen, bowel gas; lung
+   tissue sits near -850 HU, so only emphysema also counts).
+2. Outside air: air blocks joined to the image border within their axial slice.
+   Body: the largest 3-D connected region of everything else, which leaves out
+   the table.
 3. Lung seeds: air inside the body, opened in-plane with a 10 mm disk (removes
    trachea, main bronchi and thin bridges), split into connected components. On
    each side of the body's midline the largest component that is big enough and
-   is not pure gas (stomach, bowel, a wide trachea) becomes that side's lung; a
+   is mostly not gas (stomach, bowel, a wide trachea) becomes that side's lung; a
    component lying across the midline is cut there.
-4. What the opening shaved off is grown back within the air for about the
-   opening radius; holes up to 10 cm2 (vessels, nodules) are filled per axial slice.
+4. What the opening shaved off is grown back through non-gas air for about the
+   opening radius (so growth does not climb the airways); holes up to 10 cm2
+   (vessels, nodules) are filled per axial slice.
 5. Full resolution: the coarse lung interior is lung; in a one-block band around
-   each lung a voxel is lung when below -400 HU. The body outline is refined the
-   same way.
+   each lung a voxel is lung when below -400 HU, unless its block is gas outside
+   the lung (a bronchus, the stomach). The body outline is refined the same way.
 
 Connected components and flood fills spread labels along runs of voxels (rows,
 columns, slice stacks) with segment maxima, repeated until nothing changes:
@@ -32,22 +35,25 @@ a few passes for compact shapes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 OUTSIDE, BODY, RIGHT_LUNG, LEFT_LUNG = 0, 1, 2, 3
 
 AIR_HU = -400  # midway between lung parenchyma (about -850) and soft tissue (about 40)
-GAS_HU = -960.0  # a coarse block this dark is gas, not lung tissue
-CLIP_HU = (-1024, 100)
+GAS_HU = -950  # darker than lung tissue: gas (airways, bowel), or emphysema
 COARSE_MM = 3.0  # target block size of the coarse grid
-MAX_FACTOR = 16  # keeps int16 block sums from overflowing (16 * 1024 < 32767)
+SLAB_SLICES = 32  # full-resolution slices handled at a time, to bound memory
+MAX_FACTOR = 16  # coarsest block, in voxels per axis
 OPEN_RADIUS_MM = 10.0
 MIN_LUNG_ML = 30.0
 MIN_LUNG_AREA_MM2 = 1000.0  # short scans: minimum lung volume per mm of scan length
 MIN_LUNG_BODY_FRACTION = 0.02
-MAX_GAS_SHARE = 0.5  # share of a component's blocks darker than GAS_HU
-SPLIT_SHARE = 0.25
-MAX_HOLE_MM2 = 1000.0  # larger holes in an axial lung section are not filled  # a component with this share on each side of the midline is cut
+MAX_GAS_SHARE = 0.5  # share of gas blocks above which a component is not lung
+SPLIT_SHARE = 0.25  # a component with this share on each side of the midline is cut
+MIN_CONTACT_SHARE = 0.1  # gas outside the seeds touching them less is not lung
+MAX_HOLE_MM2 = 1000.0  # larger holes in an axial lung section are not filled
 
 # Transposes that bring an axis last (each is its own inverse).
 _PERMS = {0: [2, 1, 0], 1: [0, 2, 1], 2: None}
@@ -84,15 +90,19 @@ def segment(volume: tf.Tensor, spacing: tf.Tensor) -> tf.Tensor:
     tf.debugging.assert_positive(spacing, message="spacing must be positive (mm)")
     factors = _factors(tf.shape(volume), spacing)
     block_mm = spacing * tf.cast(factors, tf.float32)
-    coarse_hu = _block_mean(volume, factors)
-    air = coarse_hu < AIR_HU
+    fractions = _by_slabs(
+        lambda slab, c0, c1: _block_fractions(slab, factors), volume, factors, tf.float32
+    )
+    air = fractions[..., 0] > 0.5
+    gas = air & (fractions[..., 1] > 0.5 * fractions[..., 0])
     outside = _flood_from_border(air)
     body = _largest_component(tf.logical_not(outside))
     scan_mm = tf.cast(tf.shape(volume)[0], tf.float32) * spacing[0]
-    lungs = _find_lungs(air & body, coarse_hu < GAS_HU, body, block_mm, scan_mm)
-    lungs = _grow_back(lungs, air & body, block_mm)
+    seeds = _find_lungs(air & body, gas, body, block_mm, scan_mm)
+    airways = _detached_gas(gas & body & tf.equal(seeds, 0), seeds)
+    lungs = _grow_back(seeds, air & body & tf.logical_not(airways), block_mm)
     lungs = _fill_holes(lungs, block_mm)
-    return _refine(volume, lungs, body, factors)
+    return _refine(volume, lungs, body, airways, factors)
 
 
 def _factors(shape: tf.Tensor, spacing: tf.Tensor) -> tf.Tensor:
@@ -101,24 +111,44 @@ def _factors(shape: tf.Tensor, spacing: tf.Tensor) -> tf.Tensor:
     return tf.minimum(tf.clip_by_value(wanted, 1, MAX_FACTOR), shape)
 
 
-def _block_mean(volume: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
-    """Mean clipped HU per block: float32 (zc, yc, xc), zc = ceil(z / factor_z) etc.
+def _by_slabs(
+    make: Callable[..., tf.Tensor], volume: tf.Tensor, factors: tf.Tensor, dtype: tf.DType
+) -> tf.Tensor:
+    """Concatenate, along z, ``make(slab, c0, c1)`` over z slabs of ``volume`` that
+    hold whole blocks c0 .. c1 - 1 (about SLAB_SLICES slices each), so that
+    full-resolution temporaries stay small. ``make`` returns ``dtype``."""
+    fz = factors[0]
+    blocks = (tf.shape(volume)[0] + fz - 1) // fz
+    per = tf.maximum(1, SLAB_SLICES // fz)
+    steps = (blocks + per - 1) // per
+    parts = tf.TensorArray(dtype, size=steps, infer_shape=False)
 
-    Partial blocks at the far ends are averaged over the voxels they hold.
-    """
+    def step(i: tf.Tensor, parts: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
+        c0 = i * per
+        c1 = tf.minimum(c0 + per, blocks)
+        return i + 1, parts.write(i, make(volume[c0 * fz : c1 * fz], c0, c1))
+
+    _, parts = tf.while_loop(lambda i, _: i < steps, step, [tf.constant(0), parts])
+    return parts.concat()
+
+
+def _block_fractions(volume: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
+    """Per block of ``volume`` (int16 (z, y, x) HU), the fractions of voxels below
+    AIR_HU and below GAS_HU: float32 (zc, yc, xc, 2), zc = ceil(z / factor_z) etc.
+    Partial blocks at the far ends count only the voxels they hold."""
     shape = tf.shape(volume)
     n = (shape + factors - 1) // factors
     pad = n * factors - shape
-    hu = tf.clip_by_value(volume, CLIP_HU[0], CLIP_HU[1])
-    hu = tf.pad(hu, [[0, pad[0]], [0, pad[1]], [0, pad[2]]])
+    classes = tf.cast(tf.stack([volume < AIR_HU, volume < GAS_HU], axis=-1), tf.uint8)
+    classes = tf.pad(classes, [[0, pad[0]], [0, pad[1]], [0, pad[2]], [0, 0]])
     fz, fy, fx = factors[0], factors[1], factors[2]
-    s = tf.reduce_sum(tf.reshape(hu, [n[0] * fz, n[1] * fy, n[2], fx]), axis=3)
+    s = tf.reduce_sum(tf.reshape(classes, [n[0] * fz, n[1] * fy, n[2], fx, 2]), axis=3)
     s = tf.cast(s, tf.int32)
-    s = tf.reduce_sum(tf.reshape(s, [n[0] * fz, n[1], fy, n[2]]), axis=2)
-    s = tf.reduce_sum(tf.reshape(s, [n[0], fz, n[1], n[2]]), axis=1)
+    s = tf.reduce_sum(tf.reshape(s, [n[0] * fz, n[1], fy, n[2], 2]), axis=2)
+    s = tf.reduce_sum(tf.reshape(s, [n[0], fz, n[1], n[2], 2]), axis=1)
     counts = [_block_counts(shape[i], factors[i], n[i]) for i in range(3)]
     count = counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
-    return tf.cast(s, tf.float32) / count
+    return tf.cast(s, tf.float32) / count[..., None]
 
 
 def _block_counts(length: tf.Tensor, factor: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
@@ -196,8 +226,8 @@ def _find_lungs(
 ) -> tf.Tensor:
     """int32 (zc, yc, xc) coarse lung seeds: 2 right, 3 left, 0 elsewhere.
 
-    ``candidates``: bool, air inside the body; ``gas``: bool, blocks darker than
-    GAS_HU; ``body``: bool; ``block_mm``: float32 (3,) block size; ``scan_mm``:
+    ``candidates``: bool, air inside the body; ``gas``: bool, gas blocks;
+    ``body``: bool; ``block_mm``: float32 (3,) block size; ``scan_mm``:
     scan length.
     """
     opened = _open_in_plane(candidates, block_mm)
@@ -237,6 +267,22 @@ def _largest(size: tf.Tensor, allowed: tf.Tensor) -> tf.Tensor:
     return allowed & tf.equal(score, tf.reduce_max(score))
 
 
+def _detached_gas(gas: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
+    """bool (z, y, x): the 6-connected regions of ``gas`` (gas blocks outside the lung
+    seeds) that reach the top slice (trachea, oesophagus) or border the seeds with
+    less than MIN_CONTACT_SHARE of their blocks (stomach, bowel). Gas the opening
+    cut from a lung (emphysema in a thin recess) borders it closely and is kept."""
+    where = tf.where(gas)
+    _, idx, counts = tf.unique_with_counts(tf.gather_nd(_components(gas), where))
+    n = tf.size(counts)
+    touching = tf.gather_nd(_max3(tf.cast(seeds > 0, tf.float32)), where)
+    share = tf.math.unsorted_segment_sum(touching, idx, n) / tf.cast(counts, tf.float32)
+    at_top = tf.cast(tf.equal(where[:, 0], tf.shape(gas, out_type=tf.int64)[0] - 1), tf.int32)
+    reaches_top = tf.math.unsorted_segment_max(at_top, idx, n) > 0
+    detached = tf.gather((share < MIN_CONTACT_SHARE) | reaches_top, idx)
+    return tf.scatter_nd(where, detached, tf.shape(gas, out_type=tf.int64))
+
+
 def _disk(radius_y: tf.Tensor, radius_x: tf.Tensor) -> tf.Tensor:
     """float32 (h, w, 1, 1) elliptical disk kernel with the given radii in voxels."""
     half_y = tf.cast(tf.floor(radius_y), tf.int32)
@@ -264,7 +310,9 @@ def _max3(labels: tf.Tensor) -> tf.Tensor:
 
 def _grow_back(lungs: tf.Tensor, allowed: tf.Tensor, block_mm: tf.Tensor) -> tf.Tensor:
     """int32 (z, y, x) lung labels grown inside ``allowed`` by about the opening radius,
-    to restore apices, recesses and edges the opening removed."""
+    to restore apices, recesses and edges the opening removed. ``allowed`` leaves
+    out detached gas, so that growth does not climb the airways or cross a thin
+    diaphragm into stomach gas."""
     steps = tf.cast(tf.math.ceil(OPEN_RADIUS_MM / tf.reduce_min(block_mm[1:])), tf.int32) + 1
 
     def step(i: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -289,9 +337,12 @@ def _fill_holes(lungs: tf.Tensor, block_mm: tf.Tensor) -> tf.Tensor:
     return tf.where((holes > 0) & (area <= MAX_HOLE_MM2), holes, lungs)
 
 
-def _refine(volume: tf.Tensor, lungs: tf.Tensor, body: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
-    """uint8 (z, y, x) labels at full resolution from coarse ``lungs`` (int32) and
-    ``body`` (bool): block interiors keep their label, boundary bands follow the HU."""
+def _refine(
+    volume: tf.Tensor, lungs: tf.Tensor, body: tf.Tensor, airways: tf.Tensor, factors: tf.Tensor
+) -> tf.Tensor:
+    """uint8 (z, y, x) labels at full resolution from coarse ``lungs`` (int32),
+    ``body`` and ``airways`` (bool, detached gas): block interiors keep their label,
+    boundary bands follow the HU, airway and stomach blocks next to a lung stay body."""
     lung = tf.cast(lungs > 0, tf.float32)
     inner_lung = _max3(1.0 - lung) < 0.5
     lung_band = tf.cast(_max3(tf.cast(lungs, tf.float32)), tf.int32)
@@ -299,12 +350,18 @@ def _refine(volume: tf.Tensor, lungs: tf.Tensor, body: tf.Tensor, factors: tf.Te
     outer_body = _max3(tf.cast(body, tf.float32)) > 0.5
     inner = tf.where(inner_lung, lungs, 0)
     body_or_out = tf.where(inner_body, BODY, OUTSIDE)
+    lung_band = tf.where((lungs > 0) | tf.logical_not(airways), lung_band, 0)
     if_air = tf.where(inner > 0, inner, tf.where(lung_band > 0, lung_band, body_or_out))
     if_tissue = tf.where(inner > 0, inner, tf.where(outer_body, BODY, OUTSIDE))
-    shape = tf.shape(volume)
-    if_air = _upsample(tf.cast(if_air, tf.uint8), factors, shape)
-    if_tissue = _upsample(tf.cast(if_tissue, tf.uint8), factors, shape)
-    return tf.where(volume < AIR_HU, if_air, if_tissue)
+    if_air, if_tissue = tf.cast(if_air, tf.uint8), tf.cast(if_tissue, tf.uint8)
+
+    def label(slab: tf.Tensor, c0: tf.Tensor, c1: tf.Tensor) -> tf.Tensor:
+        shape = tf.shape(slab)
+        air = _upsample(if_air[c0:c1], factors, shape)
+        tissue = _upsample(if_tissue[c0:c1], factors, shape)
+        return tf.where(slab < AIR_HU, air, tissue)
+
+    return _by_slabs(label, volume, factors, tf.uint8)
 
 
 def _upsample(coarse: tf.Tensor, factors: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:

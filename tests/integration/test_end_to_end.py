@@ -39,7 +39,7 @@ def shipped_config(archive_aet: str, archive_port: int, **node: Any) -> dict[str
 
 @pytest.fixture(scope="module")
 def phantom():
-    return make_chest_phantom((60, 320, 320), (2.5, 0.75, 0.75), seed=11)
+    return make_chest_phantom((60, 384, 384), (2.5, 0.9, 0.9), seed=11)
 
 
 def check_results(seg_path: Path, sr_path: Path, series: Any, phantom: Any) -> None:

@@ -36,17 +36,40 @@ AIR, FAT, TISSUE, LIVER, BONE, RIB, PARENCHYMA, EMPHYSEMA = (
 
 
 @dataclass(frozen=True)
+class Nodule:
+    """A solid nodule: centre (z, y, x) and radius in mm (grid as in ``Phantom``);
+    ``pleural``: it lies against the pleura, partly outside the lung."""
+
+    centre: tuple[float, float, float]
+    radius: float
+    pleural: bool
+
+
+@dataclass(frozen=True)
 class Phantom:
     """``hu``: int16 (z, y, x) Hounsfield units. ``spacing``: (z, y, x) in mm.
     ``truth``: uint8 (z, y, x), 2 right lung, 3 left lung, 0 elsewhere (vessels,
     nodules and airways inside a lung belong to it; airways outside do not).
     ``body``: bool (z, y, x), the patient without table (a read-only broadcast view).
+    ``gas``: bool (z, y, x), air in the body outside the lungs (trachea, bronchi
+    before they enter a lung, stomach gas). ``nodules``: the nodules drawn.
+    Voxel (k, j, i) has its centre at z = (k + 0.5) * dz from the scan's inferior
+    end, and y, x measured from the centre of the slice.
     """
 
     hu: np.ndarray
     spacing: tuple[float, float, float]
     truth: np.ndarray
     body: np.ndarray
+    gas: np.ndarray
+    nodules: tuple[Nodule, ...] = ()
+
+    def nodule_mask(self, nodule: Nodule) -> np.ndarray:
+        """bool (z, y, x): the voxels of ``nodule``."""
+        grid = _make_grid(self.hu.shape, self.spacing)
+        z, y, x = grid.coords((slice(None), slice(None), slice(None)))
+        cz, cy, cx = nodule.centre
+        return (z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= nodule.radius**2
 
 
 @dataclass(frozen=True)
@@ -98,19 +121,19 @@ def make_chest_phantom(
     nodules: bool = True,
     trachea: bool = True,
     table: bool = True,
-    emphysema: bool = True,
+    emphysema: int = 6,
     stomach_gas: bool = True,
     partial_volume: bool = True,
 ) -> Phantom:
-    """A chest CT phantom of ``shape_zyx`` voxels of ``spacing_zyx`` mm (see module doc)."""
+    """A chest CT phantom of ``shape_zyx`` voxels of ``spacing_zyx`` mm (see module doc).
+
+    ``emphysema`` is the number of low-attenuation patches (6 to 14 mm across at
+    ``body_scale`` 1); ``noise_hu`` the standard deviation of the noise.
+    """
     rng = np.random.default_rng(seed)
     nz, ny, nx = shape_zyx
     sz, sy, sx = (float(v) for v in spacing_zyx)
-    grid = _Grid(
-        z=(np.arange(nz) + 0.5) * sz,
-        y=(np.arange(ny) - (ny - 1) / 2) * sy,
-        x=(np.arange(nx) - (nx - 1) / 2) * sx,
-    )
+    grid = _make_grid(shape_zyx, (sz, sy, sx))
     lay = _layout(nz * sz, body_scale)
     if lay.a > nx * sx / 2 or 1.05 * lay.b - lay.y0 > ny * sy / 2:
         raise ValueError(
@@ -126,17 +149,30 @@ def make_chest_phantom(
         _draw_lung(hu, truth, grid, lay, side)
     lung = truth > 0
     if emphysema:
-        _draw_emphysema(hu, lung, grid, lay, rng)
+        _draw_emphysema(hu, lung, grid, lay, rng, emphysema)
     if trachea:
         _draw_airways(hu, grid, lay)
     if vessels:
         _draw_vessels(hu, lung, grid, lay, rng)
+    drawn: list[Nodule] = []
     if nodules:
-        _draw_nodules(hu, truth, grid, lay, rng)
+        drawn = _draw_nodules(hu, truth, grid, lay, rng)
     if stomach_gas:
         _draw_stomach(hu, grid, lay)
     body = np.broadcast_to(body2d, (nz, ny, nx))
-    return Phantom(_finish(hu, noise_hu, partial_volume, rng), (sz, sy, sx), truth, body)
+    gas = (hu < -400) & body & (truth == 0)
+    hu16 = _finish(hu, noise_hu, partial_volume, rng)
+    return Phantom(hu16, (sz, sy, sx), truth, body, gas, tuple(drawn))
+
+
+def _make_grid(shape: tuple[int, ...], spacing: tuple[float, ...]) -> _Grid:
+    nz, ny, nx = shape
+    sz, sy, sx = spacing
+    return _Grid(
+        z=(np.arange(nz) + 0.5) * sz,
+        y=(np.arange(ny) - (ny - 1) / 2) * sy,
+        x=(np.arange(nx) - (nx - 1) / 2) * sx,
+    )
 
 
 def _layout(scan_mm: float, scale: float) -> _Layout:
@@ -248,10 +284,15 @@ def _draw_lung(hu: np.ndarray, truth: np.ndarray, grid: _Grid, lay: _Layout, sid
 
 
 def _draw_emphysema(
-    hu: np.ndarray, lung: np.ndarray, grid: _Grid, lay: _Layout, rng: np.random.Generator
+    hu: np.ndarray,
+    lung: np.ndarray,
+    grid: _Grid,
+    lay: _Layout,
+    rng: np.random.Generator,
+    count: int,
 ) -> None:
-    """Low-attenuation patches (below -950 HU) inside the lungs."""
-    for centre in _random_points(lung, grid, 6, rng):
+    """``count`` low-attenuation patches (below -950 HU) inside the lungs."""
+    for centre in _random_points(lung, grid, count, rng):
         radius = rng.uniform(6.0, 14.0) * lay.a / 160.0
         _draw_ball(hu, grid, centre, radius, EMPHYSEMA, within=lung)
 
@@ -297,14 +338,17 @@ def _draw_vessels(
 
 def _draw_nodules(
     hu: np.ndarray, truth: np.ndarray, grid: _Grid, lay: _Layout, rng: np.random.Generator
-) -> None:
-    """Solid nodules: two inside each lung, one against its pleura (it bulges into the
-    chest wall; only the part inside the lung is lung in ``truth``)."""
+) -> list[Nodule]:
+    """Solid nodules: two well inside each lung (clear of pleura, airways and large
+    vessels), one against its pleura (it bulges into the chest wall; only the part
+    inside the lung is lung in ``truth``)."""
     s = lay.a / 160.0
+    drawn = []
     for label, side in ((2, -1), (3, 1)):
-        lung = truth == label
-        for centre in _random_points(lung, grid, 2, rng):
-            _draw_ball(hu, grid, centre, rng.uniform(3.0, 8.0) * s, 30.0)
+        radius = rng.uniform(3.0, 8.0) * s
+        plain = (truth == label) & (hu > -950) & (hu < -700)  # away from airways, vessels
+        for centre in _random_points(plain, grid, 2, rng, margin_mm=radius + 6.0):
+            drawn.append(Nodule((centre[0], centre[1], centre[2]), radius, pleural=False))
         cx, cy, hx, hy = _lung_axes(lay, side)
         z = lay.base + rng.uniform(0.3, 0.5) * lay.height
         angle = rng.uniform(-0.6, 0.6) + (0.0 if side > 0 else np.pi)
@@ -313,34 +357,67 @@ def _draw_nodules(
         inward = np.array([0.0, cy, cx]) - edge
         inward[0] = 0.0
         centre = edge + 0.6 * radius * inward / np.linalg.norm(inward)
-        _draw_ball(hu, grid, centre, radius, 30.0)
+        drawn.append(Nodule((centre[0], centre[1], centre[2]), radius, pleural=True))
+    for nodule in drawn:
+        _draw_ball(hu, grid, np.array(nodule.centre), nodule.radius, 30.0)
+    return drawn
 
 
 def _draw_stomach(hu: np.ndarray, grid: _Grid, lay: _Layout) -> None:
-    """Stomach under the left dome: gas above a fluid level."""
+    """Stomach under the left dome, at least 6 mm below the diaphragm: gas above a fluid
+    level (a half ellipsoid of gas), fluid below."""
     s = lay.a / 160.0
-    top = lay.base + 0.5 * lay.dome - 8.0 * s
-    centre = np.array([top - 25.0 * s, lay.y0 - 0.15 * lay.b, 0.42 * lay.a])
-    half = np.array([25.0 * s, 0.3 * lay.b, 0.2 * lay.a])
+    half = np.array([25.0 * s, 0.25 * lay.b, 0.18 * lay.a])
+    cy, cx = lay.y0 - 0.15 * lay.b, 0.42 * lay.a
+    rim_y = cy + half[1] * np.sin(np.linspace(0.0, 2.0 * np.pi, 64))
+    rim_x = cx + half[2] * np.cos(np.linspace(0.0, 2.0 * np.pi, 64))
+    top = float(_dome_height(rim_x, rim_y, lay, 1).min()) - 6.0
+    centre = np.array([top - half[0], cy, cx])
     box = grid.box(centre - half, centre + half)
     z, y, x = grid.coords(box)
     d = sum(((c - m) / h) ** 2 for c, m, h in zip((z, y, x), centre, half, strict=True))
-    stomach = (d <= 1.0) & (z < _dome_height(x, y, lay, 1) - 8.0 * s)
+    stomach = d <= 1.0
     region = hu[box]
     region[stomach] = np.where(np.broadcast_to(z, stomach.shape)[stomach] > centre[0], AIR, 20.0)
 
 
 def _random_points(
-    mask: np.ndarray, grid: _Grid, count: int, rng: np.random.Generator
+    mask: np.ndarray,
+    grid: _Grid,
+    count: int,
+    rng: np.random.Generator,
+    margin_mm: float = 0.0,
 ) -> list[np.ndarray]:
-    """``count`` random voxel centres (z, y, x mm) from ``mask`` (none if it is empty)."""
-    index = np.flatnonzero(mask[:, ::4, ::4])
+    """``count`` random voxel centres (z, y, x mm) of ``mask`` at least about
+    ``margin_mm`` inside it along each axis (none if there is no such voxel)."""
+    step = 2
+    coarse = mask[:, ::step, ::step].copy()
+    dz = grid.z[1] - grid.z[0] if grid.z.size > 1 else 1.0
+    dy = step * (grid.y[1] - grid.y[0])
+    dx = step * (grid.x[1] - grid.x[0])
+    for axis, size in enumerate((dz, dy, dx)):
+        reach = int(np.ceil(margin_mm / size))
+        if reach == 0:
+            continue
+        inside = coarse.copy()
+        lead = [slice(None)] * 3
+        lag = [slice(None)] * 3
+        lead[axis], lag[axis] = slice(reach, None), slice(None, -reach)
+        inside[tuple(lead)] &= coarse[tuple(lag)]
+        inside[tuple(lag)] &= coarse[tuple(lead)]
+        edge = [slice(None)] * 3
+        edge[axis] = slice(None, reach)
+        inside[tuple(edge)] = False
+        edge[axis] = slice(-reach, None)
+        inside[tuple(edge)] = False
+        coarse = inside
+    index = np.flatnonzero(coarse)
     if index.size == 0:
         return []
-    picks = rng.choice(index, size=count)
-    k, j, i = np.unravel_index(picks, mask[:, ::4, ::4].shape)
+    k, j, i = np.unravel_index(rng.choice(index, size=count), coarse.shape)
     return [
-        np.array([grid.z[a], grid.y[4 * b], grid.x[4 * c]]) for a, b, c in zip(k, j, i, strict=True)
+        np.array([grid.z[a], grid.y[step * b], grid.x[step * c]])
+        for a, b, c in zip(k, j, i, strict=True)
     ]
 
 
