@@ -27,6 +27,7 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
             "processed_folder": str(folder / "processed"),
             "control_folder": str(folder / "control"),
             "store_processed": False,
+            "polling_interval": 0.25,  # seconds between looks at the queue folder
         }
     # Redis redelivers an unacknowledged (acks_late) task after visibility_timeout;
     # keep it above the task's time limit so a long job is not run twice at once.

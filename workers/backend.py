@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ class CeleryBackend:
     def run_worker(self, settings: Settings, queues: list[str], concurrency: int | None) -> int:
         from workers.tasks import register
 
+        # TensorFlow's INFO chatter off; its warnings and CUDA errors stay visible.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
         app = make_app(settings)
         register(app, settings)
         argv = [

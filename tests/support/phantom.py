@@ -23,16 +23,10 @@ import numpy as np
 # Initial directions (z, y, x toward the lateral side) of each lung's vessel trees.
 VESSEL_ROOTS = ((1.0, 0.0, 1.0), (-1.0, 0.2, 1.0), (-0.5, 0.8, 0.5), (0.3, -0.8, 0.6))
 
-AIR, FAT, TISSUE, LIVER, BONE, RIB, PARENCHYMA, EMPHYSEMA = (
-    -1000,
-    -100,
-    40,
-    60,
-    250,
-    600,
-    -860,
-    -975,
-)
+EVERY_OTHER = (slice(None), slice(None, None, 2), slice(None, None, 2))  # rows and columns
+
+AIR, FAT, TISSUE, LIVER = -1000.0, -100.0, 40.0, 60.0  # HU
+BONE, RIB, PARENCHYMA, EMPHYSEMA = 250.0, 600.0, -860.0, -975.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +74,7 @@ class _Grid:
     z: np.ndarray
     y: np.ndarray
     x: np.ndarray
+    spacing: tuple[float, float, float]
 
     def box(self, low: np.ndarray, high: np.ndarray) -> tuple[slice, slice, slice]:
         """Index slices of the voxels whose centres may lie in [low, high] (z, y, x mm)."""
@@ -127,7 +122,7 @@ def make_chest_phantom(
 ) -> Phantom:
     """A chest CT phantom of ``shape_zyx`` voxels of ``spacing_zyx`` mm (see module doc).
 
-    ``emphysema`` is the number of low-attenuation patches (6 to 14 mm across at
+    ``emphysema`` is the number of low-attenuation patches (12 to 28 mm across at
     ``body_scale`` 1); ``noise_hu`` the standard deviation of the noise.
     """
     rng = np.random.default_rng(seed)
@@ -148,8 +143,9 @@ def make_chest_phantom(
     for side in (-1, 1):
         _draw_lung(hu, truth, grid, lay, side)
     lung = truth > 0
-    if emphysema:
-        _draw_emphysema(hu, lung, grid, lay, rng, emphysema)
+    for centre in _random_points(lung[EVERY_OTHER], grid, emphysema, rng):
+        radius = rng.uniform(6.0, 14.0) * body_scale
+        _draw_tube(hu, grid, centre, centre, radius, EMPHYSEMA, within=lung)
     if trachea:
         _draw_airways(hu, grid, lay)
     if vessels:
@@ -167,11 +163,12 @@ def make_chest_phantom(
 
 def _make_grid(shape: tuple[int, ...], spacing: tuple[float, ...]) -> _Grid:
     nz, ny, nx = shape
-    sz, sy, sx = spacing
+    sz, sy, sx = (float(v) for v in spacing)
     return _Grid(
         z=(np.arange(nz) + 0.5) * sz,
         y=(np.arange(ny) - (ny - 1) / 2) * sy,
         x=(np.arange(nx) - (nx - 1) / 2) * sx,
+        spacing=(sz, sy, sx),
     )
 
 
@@ -283,20 +280,6 @@ def _draw_lung(hu: np.ndarray, truth: np.ndarray, grid: _Grid, lay: _Layout, sid
     truth[box][lung] = 2 if side < 0 else 3
 
 
-def _draw_emphysema(
-    hu: np.ndarray,
-    lung: np.ndarray,
-    grid: _Grid,
-    lay: _Layout,
-    rng: np.random.Generator,
-    count: int,
-) -> None:
-    """``count`` low-attenuation patches (below -950 HU) inside the lungs."""
-    for centre in _random_points(lung, grid, count, rng):
-        radius = rng.uniform(6.0, 14.0) * lay.a / 160.0
-        _draw_ball(hu, grid, centre, radius, EMPHYSEMA, within=lung)
-
-
 def _draw_airways(hu: np.ndarray, grid: _Grid, lay: _Layout) -> None:
     """Trachea from the top of the scan, carina, main bronchi into each lung hilum and
     lobar bronchi inside the lungs. Lumen is air, walls soft tissue."""
@@ -346,7 +329,8 @@ def _draw_nodules(
     drawn = []
     for label, side in ((2, -1), (3, 1)):
         radius = rng.uniform(3.0, 8.0) * s
-        plain = (truth == label) & (hu > -950) & (hu < -700)  # away from airways, vessels
+        near = hu[EVERY_OTHER]
+        plain = (truth[EVERY_OTHER] == label) & (near > -950) & (near < -700)  # no airways
         for centre in _random_points(plain, grid, 2, rng, margin_mm=radius + 6.0):
             drawn.append(Nodule((centre[0], centre[1], centre[2]), radius, pleural=False))
         cx, cy, hx, hy = _lung_axes(lay, side)
@@ -359,7 +343,8 @@ def _draw_nodules(
         centre = edge + 0.6 * radius * inward / np.linalg.norm(inward)
         drawn.append(Nodule((centre[0], centre[1], centre[2]), radius, pleural=True))
     for nodule in drawn:
-        _draw_ball(hu, grid, np.array(nodule.centre), nodule.radius, 30.0)
+        centre = np.array(nodule.centre)
+        _draw_tube(hu, grid, centre, centre, nodule.radius, 30.0)
     return drawn
 
 
@@ -382,59 +367,28 @@ def _draw_stomach(hu: np.ndarray, grid: _Grid, lay: _Layout) -> None:
 
 
 def _random_points(
-    mask: np.ndarray,
-    grid: _Grid,
-    count: int,
-    rng: np.random.Generator,
-    margin_mm: float = 0.0,
+    inner: np.ndarray, grid: _Grid, count: int, rng: np.random.Generator, margin_mm: float = 0.0
 ) -> list[np.ndarray]:
-    """``count`` random voxel centres (z, y, x mm) of ``mask`` at least about
-    ``margin_mm`` inside it along each axis (none if there is no such voxel)."""
+    """``count`` random voxel centres (z, y, x mm) of a mask, given on every other row
+    and column (``inner = mask[EVERY_OTHER]``), lying ``margin_mm`` or more inside
+    it along each axis (none if there is no such voxel)."""
     step = 2
-    coarse = mask[:, ::step, ::step].copy()
-    dz = grid.z[1] - grid.z[0] if grid.z.size > 1 else 1.0
-    dy = step * (grid.y[1] - grid.y[0])
-    dx = step * (grid.x[1] - grid.x[0])
-    for axis, size in enumerate((dz, dy, dx)):
+    sz, sy, sx = grid.spacing
+    for axis, size in enumerate((sz, step * sy, step * sx)):
         reach = int(np.ceil(margin_mm / size))
-        if reach == 0:
-            continue
-        inside = coarse.copy()
-        lead = [slice(None)] * 3
-        lag = [slice(None)] * 3
-        lead[axis], lag[axis] = slice(reach, None), slice(None, -reach)
-        inside[tuple(lead)] &= coarse[tuple(lag)]
-        inside[tuple(lag)] &= coarse[tuple(lead)]
-        edge = [slice(None)] * 3
-        edge[axis] = slice(None, reach)
-        inside[tuple(edge)] = False
-        edge[axis] = slice(-reach, None)
-        inside[tuple(edge)] = False
-        coarse = inside
-    index = np.flatnonzero(coarse)
+        if reach > 0:
+            view = np.moveaxis(inner, axis, 0)
+            kept = np.zeros_like(view)
+            kept[reach:-reach] = view[reach:-reach] & view[: -2 * reach] & view[2 * reach :]
+            inner = np.moveaxis(kept, 0, axis)
+    index = np.flatnonzero(inner)
     if index.size == 0:
         return []
-    k, j, i = np.unravel_index(rng.choice(index, size=count), coarse.shape)
+    k, j, i = np.unravel_index(rng.choice(index, size=count), inner.shape)
     return [
         np.array([grid.z[a], grid.y[step * b], grid.x[step * c]])
         for a, b, c in zip(k, j, i, strict=True)
     ]
-
-
-def _draw_ball(
-    hu: np.ndarray,
-    grid: _Grid,
-    centre: np.ndarray,
-    radius: float,
-    value: float,
-    within: np.ndarray | None = None,
-) -> None:
-    box = grid.box(centre - radius, centre + radius)
-    z, y, x = grid.coords(box)
-    ball = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2
-    if within is not None:
-        ball &= within[box]
-    hu[box][ball] = value
 
 
 def _draw_tube(
@@ -446,18 +400,17 @@ def _draw_tube(
     value: float,
     within: np.ndarray | None = None,
 ) -> None:
-    """A straight tube of ``radius`` mm around the segment start-end (z, y, x mm)."""
+    """Set ``value`` within ``radius`` mm of the segment start-end (z, y, x mm; a ball
+    when they are equal), only where ``within`` if given."""
     box = grid.box(np.minimum(start, end) - radius, np.maximum(start, end) + radius)
-    z, y, x = grid.coords(box)
+    rel = [c - a for c, a in zip(grid.coords(box), start, strict=True)]
     d = end - start
-    t = ((z - start[0]) * d[0] + (y - start[1]) * d[1] + (x - start[2]) * d[2]) / float(d @ d)
+    t = sum(r * k for r, k in zip(rel, d, strict=True)) / max(float(d @ d), 1e-12)
     t = np.clip(t, 0.0, 1.0)
-    dist2 = (z - start[0] - t * d[0]) ** 2 + (y - start[1] - t * d[1]) ** 2
-    dist2 += (x - start[2] - t * d[2]) ** 2
-    tube = dist2 <= radius**2
+    inside = sum((r - t * k) ** 2 for r, k in zip(rel, d, strict=True)) <= radius**2
     if within is not None:
-        tube &= within[box]
-    hu[box][tube] = value
+        inside &= within[box]
+    hu[box][inside] = value
 
 
 def _finish(hu: np.ndarray, sigma: float, blur: bool, rng: np.random.Generator) -> np.ndarray:
@@ -484,12 +437,8 @@ def _finish(hu: np.ndarray, sigma: float, blur: bool, rng: np.random.Generator) 
 def _blur(part: np.ndarray) -> None:
     """[1, 2, 1] / 4 along y then x, in place (edge rows and columns are kept)."""
     for axis in (1, 2):
-        low = [slice(None)] * 3
-        mid = [slice(None)] * 3
-        high = [slice(None)] * 3
-        low[axis], mid[axis], high[axis] = slice(0, -2), slice(1, -1), slice(2, None)
-        side = part[tuple(low)] + part[tuple(high)]
+        view = np.moveaxis(part, axis, 0)
+        side = view[:-2] + view[2:]
         side *= np.float32(0.25)
-        centre = part[tuple(mid)]
-        centre *= np.float32(0.5)
-        centre += side
+        view[1:-1] *= np.float32(0.5)
+        view[1:-1] += side
