@@ -84,3 +84,18 @@ def test_any_of_several_match_entries_selects_the_rule():
 def test_every_matching_rule_applies_in_config_order():
     a, b = rule("a", Modality="CT"), rule("b", Modality="CT|MR")
     assert select(series(), [a, b]) == [a, b]
+
+
+def test_shipped_rule_takes_chest_ct_and_leaves_other_regions_alone():
+    from pathlib import Path
+
+    from dicom_node.settings import load_settings
+
+    rules = load_settings(Path(__file__).resolve().parents[3] / "config.yaml").rules
+    assert select(series(body_part="CHEST"), rules)
+    assert select(series(body_part="", description="Thorax 1.0 B70f"), rules)
+    assert select(series(body_part="", description=""), rules)
+    assert not select(series(body_part="ABDOMEN", description="chest"), rules)
+    assert not select(series(body_part="", description="Abdomen 5mm"), rules)
+    assert not select(series(body_part="CHEST", instances=3), rules), "scouts have few images"
+    assert not select(series(body_part="CHEST", modality="MR"), rules)
