@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 
 from pipelines.base import SeriesNotUsable, Volume
+from pipelines.model import aligned_empty
 
 ORIENTATION_TOLERANCE = 1e-3  # cosine difference between slices
 AXIS_TOLERANCE = 1e-2  # how far a cosine may be from +-1 / 0 and still be "axial"
@@ -189,7 +190,7 @@ def _check_tilt(
 
 def _read_voxels(ordered: Sequence[Dataset], *, flip_y: bool, flip_x: bool) -> np.ndarray:
     rows, cols = int(ordered[0].Rows), int(ordered[0].Columns)
-    voxels = np.empty((len(ordered), rows, cols), dtype=np.int16)
+    voxels = aligned_empty((len(ordered), rows, cols), np.int16)  # model reads it in place
     for z, ds in enumerate(ordered):
         plane = _decode(ds, z)
         if flip_y:

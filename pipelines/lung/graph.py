@@ -21,12 +21,14 @@ Method (TensorFlow ops only, dynamic shapes, so the same graph runs on CPU or GP
    each side of the body's midline the largest component that is big enough and
    is mostly not gas (stomach, bowel, a wide trachea) becomes that side's lung; a
    component lying across the midline is cut there.
-4. What the opening shaved off is grown back through non-gas air for about the
-   opening radius (so growth does not climb the airways); holes up to 10 cm2
-   (vessels, nodules) are filled per axial slice.
+4. Gas outside the seeds that reaches the top slice (trachea, oesophagus) or
+   barely touches them (stomach, bowel) is "detached". What the opening shaved
+   off is grown back through air, not detached gas, for about the opening radius
+   (so growth does not climb the airways); holes up to 10 cm2 (vessels, nodules)
+   are filled per axial slice.
 5. Full resolution: the coarse lung interior is lung; in a one-block band around
-   each lung a voxel is lung when below -400 HU, unless its block is gas outside
-   the lung (a bronchus, the stomach). The body outline is refined the same way.
+   each lung a voxel is lung when below -400 HU, unless its block is detached gas
+   (a bronchus, the stomach). The body outline is refined the same way.
 
 Connected components and flood fills spread labels along runs of voxels (rows,
 columns, slice stacks) with segment maxima, repeated until nothing changes:
@@ -157,32 +159,39 @@ def _block_counts(length: tf.Tensor, factor: tf.Tensor, n: tf.Tensor) -> tf.Tens
     return tf.cast(tf.minimum(factor, length - starts), tf.float32)
 
 
-def _run_max(values: tf.Tensor, mask: tf.Tensor, axis: int) -> tf.Tensor:
-    """Give every voxel of each run of ``mask`` along ``axis`` the run's maximum.
-
-    ``values``: int32 (a, b, c), >= 0; ``mask``: bool, same shape. Voxels outside
-    the mask get 0.
-    """
+def _runs(mask: tf.Tensor, axis: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Runs of ``mask`` (bool (a, b, c)) along ``axis``, in the layout of ``_PERMS``:
+    int32 flat run ids (sorted; a voxel after a run shares its id) and int32 flat
+    1 inside the mask, 0 outside."""
     perm = _PERMS[axis]
     if perm is not None:
-        values, mask = tf.transpose(values, perm), tf.transpose(mask, perm)
+        mask = tf.transpose(mask, perm)
     previous = tf.pad(mask[:, :, :-1], [[0, 0], [0, 0], [1, 0]])
     starts = tf.reshape(mask & tf.logical_not(previous), [-1])
-    inside = tf.cast(tf.reshape(mask, [-1]), tf.int32)
-    runs = tf.cumsum(tf.cast(starts, tf.int32)) * inside
-    best = tf.math.unsorted_segment_max(tf.reshape(values, [-1]), runs, tf.reduce_max(runs) + 1)
-    out = tf.reshape(tf.gather(best, runs) * inside, tf.shape(mask))
+    return tf.cumsum(tf.cast(starts, tf.int32)), tf.cast(tf.reshape(mask, [-1]), tf.int32)
+
+
+def _run_max(values: tf.Tensor, runs: tf.Tensor, inside: tf.Tensor, axis: int) -> tf.Tensor:
+    """Give every voxel of each run (see ``_runs``) along ``axis`` the run's maximum
+    of ``values`` (int32 (a, b, c), >= 0); voxels outside the runs get 0."""
+    perm = _PERMS[axis]
+    if perm is not None:
+        values = tf.transpose(values, perm)
+    shape = tf.shape(values)
+    best = tf.math.segment_max(tf.reshape(values, [-1]) * inside, runs)
+    out = tf.reshape(tf.gather(best, runs) * inside, shape)
     return out if perm is None else tf.transpose(out, perm)
 
 
 def _spread(values: tf.Tensor, mask: tf.Tensor, axes: tuple[int, ...]) -> tf.Tensor:
     """Spread the maximum of ``values`` over each region of ``mask`` connected along
     ``axes`` (face neighbours), until stable. int32 (a, b, c) in and out."""
+    runs = [(axis, *_runs(mask, axis)) for axis in axes]
 
     def step(current: tf.Tensor, _: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         new = current
-        for axis in axes:
-            new = _run_max(new, mask, axis)
+        for axis, ids, inside in runs:
+            new = _run_max(new, ids, inside, axis)
         return new, tf.reduce_any(tf.not_equal(new, current))
 
     start = values * tf.cast(mask, tf.int32)

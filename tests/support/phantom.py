@@ -129,12 +129,7 @@ def make_chest_phantom(
     nz, ny, nx = shape_zyx
     sz, sy, sx = (float(v) for v in spacing_zyx)
     grid = _make_grid(shape_zyx, (sz, sy, sx))
-    lay = _layout(nz * sz, body_scale)
-    if lay.a > nx * sx / 2 or 1.05 * lay.b - lay.y0 > ny * sy / 2:
-        raise ValueError(
-            f"a body of {2 * lay.a:.0f} x {2 * lay.b:.0f} mm does not fit in a field of view "
-            f"of {nx * sx:.0f} x {ny * sy:.0f} mm; lower body_scale"
-        )
+    lay = _layout(nz * sz, body_scale, fov_yx=(ny * sy, nx * sx))
     body2d, slice2d = _axial_template(grid, lay, table)
     hu = np.broadcast_to(slice2d, (nz, ny, nx)).astype(np.float32)
     _draw_ribs(hu, grid, lay, body2d)
@@ -172,14 +167,21 @@ def _make_grid(shape: tuple[int, ...], spacing: tuple[float, ...]) -> _Grid:
     )
 
 
-def _layout(scan_mm: float, scale: float) -> _Layout:
+def _layout(scan_mm: float, scale: float, fov_yx: tuple[float, float]) -> _Layout:
+    """Dimensions for a scan ``scan_mm`` long; raises ValueError when the body does not
+    fit in the field of view (``fov_yx`` mm)."""
+    a, b = 160.0 * scale, 115.0 * scale
+    if a > fov_yx[1] / 2 or 1.15 * b > fov_yx[0] / 2:
+        raise ValueError(
+            f"a body of {2 * a:.0f} x {2 * b:.0f} mm does not fit in a field of view "
+            f"of {fov_yx[0]:.0f} x {fov_yx[1]:.0f} mm; lower body_scale"
+        )
     height = 250.0 * scale
     if scan_mm >= height / 0.8:
         base = max(0.12 * scan_mm, 0.4 * (scan_mm - height))
     else:
         base = scan_mm / 2 - 0.45 * height
-    b = 115.0 * scale
-    return _Layout(a=160.0 * scale, b=b, y0=-0.1 * b, base=base, height=height, dome=0.2 * height)
+    return _Layout(a=a, b=b, y0=-0.1 * b, base=base, height=height, dome=0.2 * height)
 
 
 def _axial_template(grid: _Grid, lay: _Layout, table: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -212,17 +212,22 @@ def test_real_abdominal_slice_has_body_but_no_lung(model: SavedModel) -> None:
     assert not np.any(labels >= RIGHT), "bowel gas was labelled lung"
 
 
-def test_exported_model_matches_freshly_built_graph(model: SavedModel) -> None:
+def test_fresh_export_matches_the_shipped_model(model: SavedModel, tmp_path: Path) -> None:
+    from pipelines.lung.export import export
+
+    fresh = load_model(export(tmp_path))
+    assert fresh.manifest == model.manifest
+    phantom = make_chest_phantom((30, 128, 128), (5.0, 1.3, 1.3), body_scale=0.45, seed=8)
+    assert np.array_equal(
+        segment(fresh, phantom.hu, phantom.spacing), segment(model, phantom.hu, phantom.spacing)
+    ), "the shipped model is stale: run python -m pipelines.lung.export"
+
+
+def test_rejects_spacing_that_is_not_positive(model: SavedModel) -> None:
     import tensorflow as tf
 
-    from pipelines.lung.graph import build
-
-    phantom = make_chest_phantom((30, 128, 128), (5.0, 1.3, 1.3), body_scale=0.45, seed=8)
-    fresh = build()(volume=tf.constant(phantom.hu), spacing=tf.constant(phantom.spacing))
-    shipped = segment(model, phantom.hu, phantom.spacing)
-    assert np.array_equal(fresh["labels"].numpy(), shipped), (
-        "the shipped SavedModel is stale: run python -m pipelines.lung.export"
-    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="spacing must be positive"):
+        segment(model, np.zeros((2, 32, 32), np.int16), (0.0, 0.7, 0.7))
 
 
 def test_manifest_matches_the_saved_signature() -> None:
