@@ -109,8 +109,8 @@ def report(slices, size, peer_s, node_s, last_ack, stored, job, warm_job) -> Non
     print(f"ingest  storescp {n / peer_s:7.1f} inst/s   node {n / node_s:7.1f} inst/s"
           f"   node/storescp {peer_s / node_s:.2f}")  # fmt: skip
     print(f"latency after last instance, minus {STABLE:.0f} s stable wait: {total:.2f} s")
-    for name, value in (("route+queue", route), ("load", t["load"]), ("infer", t["infer"]),
-                        ("encode", t["encode"]), ("write", t["write"]), ("send", send)):  # fmt: skip
+    stages = {"route+queue": route, **{k: t[k] for k in ("load", "infer", "encode", "write")}}
+    for name, value in {**stages, "send": send}.items():
         print(f"  {name:<12}{value:7.2f} s")
     print(f"cold model load (first job of a worker): {warm_job['timings'].get('model', 0):.2f} s")
     print(f"worker RSS before job {before:.0f} MB, peak during job {peak:.0f} MB")

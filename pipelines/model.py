@@ -26,7 +26,6 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-
 # TensorFlow's CPU kernels require tensor buffers aligned to this many bytes.
 TF_ALIGNMENT = 64
 
@@ -79,7 +78,6 @@ class SavedModel:
         return (self.manifest.name, self.manifest.version)
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        tf = self._tf
         missing = set(self.manifest.inputs) - set(inputs)
         if missing:
             raise TypeError(f"model {self.manifest.name} needs inputs {sorted(missing)}")
@@ -89,7 +87,6 @@ class SavedModel:
         }
         result: dict[str, Any] = self._fn(**tensors)
         return {name: result[name].numpy() for name in self.manifest.outputs}
-
 
     def _tensor(self, array: np.ndarray) -> Any:
         """A tensor sharing ``array``'s memory where TensorFlow allows it.
