@@ -38,6 +38,8 @@ def configure_logging(level: str) -> None:
     # pynetdicom logs every PDU at INFO/DEBUG, and C-FIND/MOVE identifiers
     # (patient names) unless told not to: keep it to warnings.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    # highdicom narrates every module it copies; its warnings are what matter.
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, root.level))
     _quiet_pynetdicom()
 
 
@@ -51,7 +53,10 @@ def _quiet_pynetdicom() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dicom-node", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="dicom-node",
+        description="DICOM node: receive studies, run AI pipelines, send SEG/SR results.",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command", required=True)
 
