@@ -51,15 +51,36 @@ class Backend(Protocol):
 class EmbeddedWorkers:
     """Supervises the worker process that embedded mode runs beside the node."""
 
-    def __init__(self, command: list[str], grace: float) -> None:
+    def __init__(self, command: list[str], grace: float, pidfile: Path) -> None:
         self.command = command
         self.grace = grace
+        self.pidfile = pidfile
         self.proc: subprocess.Popen[bytes] | None = None
         self._restarts: list[float] = []
 
     def start(self) -> None:
+        self._stop_orphan()
         self.proc = subprocess.Popen(self.command, start_new_session=True)
+        self.pidfile.write_text(str(self.proc.pid))
         logger.info("embedded worker started (pid %d)", self.proc.pid)
+
+    def _stop_orphan(self) -> None:
+        """A worker left behind by a node that was killed (SIGKILL, power cut of the
+        node process only) would consume beside the new one: stop it first."""
+        try:
+            pid = int(self.pidfile.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if b"workers" not in cmdline or b"worker" not in cmdline:
+            return  # the pid was reused by something else
+        logger.warning("stopping embedded worker %d left by an earlier run", pid)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if Path(f"/proc/{pid}").exists():
+            os.killpg(pid, signal.SIGKILL)
 
     def check(self) -> None:
         """Restart the worker if it died, at most 5 times a minute."""
@@ -115,7 +136,9 @@ class Node:
         self.receiver = Receiver(self.spool, self.index, settings.storage.min_free_mb * 1024 * 1024)
         self.workers = (
             EmbeddedWorkers(
-                backend.worker_command(settings, config), settings.workers.shutdown_grace_seconds
+                backend.worker_command(settings, config),
+                settings.workers.shutdown_grace_seconds,
+                self.spool.broker_dir / "worker.pid",
             )
             if settings.broker.embedded
             else None

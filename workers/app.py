@@ -21,7 +21,7 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
         folder = Spool(settings.storage.dir).broker_dir
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        return "filesystem://", {
+        return "filesystem://localhost/", {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),

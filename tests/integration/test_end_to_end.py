@@ -214,3 +214,32 @@ def test_series_the_pipeline_cannot_use_end_skipped_with_a_reason(tmp_path, phan
         code = node.stop()
         archive.stop()
     assert code == 0
+
+
+def test_node_killed_mid_job_comes_back_and_still_delivers(tmp_path, phantom):
+    """SIGKILL the node while its job runs: the restarted node stops the orphaned
+    worker, finds the job unfinished or finished, and the results still arrive once."""
+    archive = Storescp(tmp_path / "archive").start()
+    node = NodeProcess(tmp_path / "node", shipped_config(archive.aet, archive.port)).start()
+    try:
+        series = write_ct_series(
+            tmp_path / "ct", phantom.hu, SeriesOptions(spacing=phantom.spacing)
+        )
+        assert storescu(node.port, series.paths).returncode == 0
+        wait_for(lambda: "job 1 queued" in node.log(), 60, "the job to be queued")
+        assert node.proc is not None
+        node.proc.kill()
+        node.proc.wait()
+        node.start()
+        wait_for(lambda: "left by an earlier run" in node.log(), 60, "the orphan to be stopped")
+        wait_for(lambda: len(archive.files()) >= 2, 240, "SEG and SR at the archive", poll=0.5)
+        wait_for(lambda: node.status()["outbox"] == {"sent": 2}, 60, "outbox to drain")
+        assert node.status()["jobs"] == {"done": 1}
+        modalities = sorted(str(pydicom.dcmread(p).Modality) for p in archive.files())
+        assert modalities in (["SEG", "SR"], ["SEG", "SEG", "SR", "SR"])
+        uids = {str(pydicom.dcmread(p).SOPInstanceUID) for p in archive.files()}
+        assert len(uids) == 2, "a re-run writes the same UIDs: the archive sees no duplicates"
+    finally:
+        code = node.stop()
+        archive.stop()
+    assert code == 0, node.log()

@@ -171,3 +171,17 @@ def _refuse(message: dict) -> None:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_restart_enqueues_unfinished_jobs_but_not_ones_a_live_worker_holds(tmp_path):
+    d, sent = make(tmp_path)
+    receive(d, 2, now=0.0)
+    d.index.record(InstanceRecord("1.2", "1.2.4", "1.2.4.1", CT, "spool/1.2/1.2.4/1.2.4.1.dcm", 1,
+                                  modality="CT"), now=0.0)  # fmt: skip
+    d.tick(now=11.0)
+    assert len(sent) == 2
+    held = _mkdir(tmp_path / sent[1]["work_dir"]) / STARTED
+    held.write_text("{}")
+    sent.clear()
+    assert d.requeue_unfinished(now=held.stat().st_mtime + 1) == 1
+    assert [m["job_id"] for m in sent] == [1]

@@ -1,0 +1,46 @@
+"""The command line as an operator meets it: config errors, status, retry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def dicom_node(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "workers", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_serve_refuses_a_bad_config_naming_the_key_and_line(tmp_path):
+    (tmp_path / "config.yaml").write_text("node:\n  port: 11112\n  ae_titel: X\n")
+    result = dicom_node("serve", "--config", "config.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "config.yaml:3: node.ae_titel: Extra inputs are not permitted" in result.stderr
+
+
+def test_unknown_pipeline_in_a_rule_is_a_config_error(tmp_path):
+    (tmp_path / "config.yaml").write_text(
+        "rules:\n  - name: r\n    match: {Modality: CT}\n    pipeline: liver-mr\n"
+    )
+    result = dicom_node("check-config", "--config", "config.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "rules.0.pipeline: unknown pipeline 'liver-mr' (known: lung-ct)" in result.stderr
+
+
+def test_shipped_config_checks_clean_when_copied_elsewhere(tmp_path):
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    result = dicom_node("check-config", "--config", "config.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "OK (1 rule(s))" in result.stdout
+
+
+def test_status_of_a_new_node_and_retry_of_an_unknown_job(tmp_path):
+    (tmp_path / "config.yaml").write_text("storage: {dir: data}\nrules: []\n")
+    status = dicom_node("status", "--config", "config.yaml", cwd=tmp_path)
+    assert status.returncode == 0 and "instances 0" in status.stdout
+    assert str(tmp_path / "data") in status.stdout
+    retry = dicom_node("retry", "--config", "config.yaml", "--job", "42", cwd=tmp_path)
+    assert retry.returncode == 1 and "job 42 does not exist" in retry.stderr

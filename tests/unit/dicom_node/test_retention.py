@@ -1,0 +1,39 @@
+from dicom_node.index import Index, InstanceRecord
+from dicom_node.jobs import Jobs
+from dicom_node.retention import purge_sources
+from dicom_node.settings import StorageSettings
+from dicom_node.spool import Spool
+from dicom_node.state import Database
+
+
+def stored(tmp_path, index, spool, series, now):
+    rel = spool.store_instance("1.2", series, f"{series}.1", b"x")
+    index.record(InstanceRecord("1.2", series, f"{series}.1", "1.2.840.10008.5.1.4.1.1.2", rel, 1),
+                 now=now)  # fmt: skip
+    return tmp_path / rel
+
+
+def test_images_are_purged_after_retention_once_jobs_ended_but_failures_are_kept(tmp_path):
+    db = Database(tmp_path / "node.sqlite")
+    index, jobs, spool = Index(db), Jobs(db), Spool(tmp_path)
+    done = stored(tmp_path, index, spool, "1.2.3", now=0.0)
+    failed = stored(tmp_path, index, spool, "1.2.4", now=0.0)
+    [study] = index.studies_to_route()
+    index.mark_routed(study.study_uid, study.revision)
+    for series, state in (("1.2.3", "done"), ("1.2.4", "failed")):
+        job = jobs.create(study_uid="1.2", series_uid=series, rule="r", pipeline="p",
+                          sop_uids=[series], inputs=[], destinations=[])  # fmt: skip
+        jobs.finish(job, state, "why")
+    settings = StorageSettings(retention_hours=1)
+    assert purge_sources(index, spool, settings, now=1800.0) == 0, "not yet an hour"
+    assert purge_sources(index, spool, settings, now=3601.0) == 1
+    assert not done.exists() and failed.exists()
+    assert index.counts()["series"] == 1
+
+
+def test_retention_zero_keeps_everything(tmp_path):
+    db = Database(tmp_path / "node.sqlite")
+    index, spool = Index(db), Spool(tmp_path)
+    path = stored(tmp_path, index, spool, "1.2.3", now=0.0)
+    assert purge_sources(index, spool, StorageSettings(retention_hours=0), now=1e9) == 0
+    assert path.exists()
