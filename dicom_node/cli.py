@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dicom_node.settings import ConfigError, Settings, load_settings
+from dicom_node.settings import ConfigError, Settings, check_pipeline_names, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
     try:
         settings = load_settings(args.config)
         if backend is not None:
-            _check_pipelines(settings, backend.pipeline_names())
+            check_pipeline_names(settings, backend.pipeline_names())
     except ConfigError as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)
         return 2
@@ -108,15 +108,6 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
     from dicom_node.node import Node
 
     return Node(settings, backend, args.config).run_until_signal()
-
-
-def _check_pipelines(settings: Settings, known: set[str]) -> None:
-    for i, rule in enumerate(settings.rules):
-        if rule.pipeline not in known:
-            raise ConfigError(
-                f"{settings.source}: rules.{i}.pipeline: unknown pipeline {rule.pipeline!r}"
-                f" (known: {', '.join(sorted(known))})"
-            )
 
 
 def _open(settings: Settings) -> tuple[Any, Any, Any, Any, Any]:
@@ -167,9 +158,19 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
     print("jobs     " + (", ".join(f"{k} {v}" for k, v in report["jobs"].items()) or "none"))
     print("outbox   " + (", ".join(f"{k} {v}" for k, v in report["outbox"].items()) or "none"))
     for j in report["recent_jobs"]:
-        reason = f"  {j['reason']}" if j["reason"] else ""
+        reason = f"  {j['reason']}" if j["reason"] else _measured(j["summary"])
         print(f"  job {j['id']:>5} {j['state']:<8} {j['pipeline']:<12} {j['series_uid']}{reason}")
     return 0
+
+
+def _measured(summary: dict[str, Any]) -> str:
+    """E.g. "  right 2408 ml (LAA-950 0.8 %), left 1915 ml (LAA-950 0.7 %)"."""
+    parts = [
+        f"{side} {m['volume_ml']:.0f} ml (LAA-950 {m['emphysema_percent']:.1f} %)"
+        for side, m in summary.items()
+        if isinstance(m, dict) and {"volume_ml", "emphysema_percent"} <= set(m)
+    ]
+    return "  " + ", ".join(parts) if parts else ""
 
 
 def _retry(settings: Settings, job_id: int | None, dead_letters: bool) -> int:

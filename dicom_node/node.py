@@ -28,7 +28,7 @@ from dicom_node.jobs import Jobs
 from dicom_node.outbox import Outbox, Sender
 from dicom_node.retention import purge_sources
 from dicom_node.scp import Receiver, start_server
-from dicom_node.settings import Settings
+from dicom_node.settings import ConfigError, Settings, check_pipeline_names, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import Database
 
@@ -108,6 +108,8 @@ class EmbeddedWorkers:
 class Node:
     def __init__(self, settings: Settings, backend: Backend, config: Path | None) -> None:
         self.settings = settings
+        self.config = config
+        self.backend = backend
         self.spool = Spool(settings.storage.dir)
         self.spool.create()
         self.db = Database(self.spool.database)
@@ -198,18 +200,49 @@ class Node:
         self.db.close()
         logger.info("stopped")
 
+    def reload(self) -> bool:
+        """Re-read the config file (SIGHUP). Rules, destinations and send settings
+        change at once; other sections need a restart. A bad file changes nothing."""
+        if self.config is None:
+            logger.warning("no --config file to reload; running on embedded defaults")
+            return False
+        try:
+            new = load_settings(self.config)
+            check_pipeline_names(new, self.backend.pipeline_names())
+        except ConfigError as exc:
+            logger.error("configuration NOT reloaded; the running one stays in force: %s", exc)
+            return False
+        later = [k for k in ("node", "storage", "broker", "workers")
+                 if getattr(new, k) != getattr(self.settings, k)]  # fmt: skip
+        if later:
+            logger.warning("changes to %s take effect at the next restart", ", ".join(later))
+        live = {"rules": new.rules, "destinations": new.destinations, "send": new.send}
+        self.settings = self.settings.model_copy(update=live)
+        self.dispatcher.settings = self.settings
+        self.sender.destinations = dict(new.destinations)
+        self.sender.settings = new.send
+        logger.info(
+            "configuration reloaded: %d rule(s), %d destination(s)",
+            len(new.rules),
+            len(new.destinations),
+        )
+        return True
+
     def run_until_signal(self) -> int:
-        """Serve until SIGTERM or SIGINT; returns the exit code."""
+        """Serve until SIGTERM or SIGINT (SIGHUP reloads the config); returns the exit code."""
         got = threading.Event()
+        hup = threading.Event()
 
         def on_signal(signum: int, frame: object) -> None:
             logger.info("received %s", signal.Signals(signum).name)
-            got.set()
+            (hup if signum == signal.SIGHUP else got).set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, on_signal)
         self.start()
-        while not got.wait(1.0):
-            pass
+        while not got.wait(0.5):
+            if hup.is_set():
+                hup.clear()
+                self.reload()
         self.stop()
         return 0

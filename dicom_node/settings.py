@@ -222,6 +222,16 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         storage["dir"] = str(p if p.is_absolute() else (base / p).resolve())
 
 
+def check_pipeline_names(settings: Settings, known: set[str]) -> None:
+    """Every rule must name a pipeline the workers have."""
+    for i, rule in enumerate(settings.rules):
+        if rule.pipeline not in known:
+            raise ConfigError(
+                f"{settings.source}: rules.{i}.pipeline: unknown pipeline {rule.pipeline!r}"
+                f" (known: {', '.join(sorted(known))})"
+            )
+
+
 def load_settings(path: Path | None) -> Settings:
     """Read and validate ``path``; ``None`` gives the embedded defaults."""
     if path is None:

@@ -1,0 +1,51 @@
+"""SIGHUP reloads rules and destinations; a bad file leaves the running config in force."""
+
+from __future__ import annotations
+
+import signal
+
+import yaml
+
+from tests.support.ct_series import SeriesOptions, write_ct_series
+from tests.support.peers import NodeProcess, Storescp, storescu
+from tests.support.phantom import make_chest_phantom
+from tests.support.wait import wait_for
+
+
+def test_sighup_applies_new_rules_and_ignores_a_broken_file(tmp_path):
+    archive = Storescp(tmp_path / "archive").start()
+    config = {
+        "node": {"stable_after_seconds": 1},
+        "storage": {"dir": "var"},
+        "destinations": {"archive": {"ae_title": archive.aet, "host": "127.0.0.1",
+                                     "port": archive.port}},
+        "rules": [],
+    }  # fmt: skip
+    node = NodeProcess(tmp_path / "node", config).start()
+    phantom = make_chest_phantom((24, 192, 192), (5.0, 1.2, 1.2), body_scale=0.55, seed=9)
+    options = SeriesOptions(spacing=phantom.spacing)
+    try:
+        first = write_ct_series(tmp_path / "first", phantom.hu, options)
+        assert storescu(node.port, first.paths).returncode == 0
+        wait_for(lambda: "study stable: 0 job(s)" in node.log(), 30, "the unrouted study")
+
+        node.config_path.write_text("rules:\n  - name: x\n    pipelin: lung-ct\n")
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "NOT reloaded" in node.log(), 30, "the refusal")
+        assert "rules.0.pipelin" in node.log()
+
+        config["rules"] = [{"name": "lungs", "match": {"Modality": "CT"}, "pipeline": "lung-ct",
+                            "destinations": ["archive"]}]  # fmt: skip
+        node.config_path.write_text(yaml.safe_dump(config))
+        node.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded: 1 rule(s)" in node.log(), 30, "the reload")
+
+        second = write_ct_series(tmp_path / "second", phantom.hu, options)
+        assert storescu(node.port, second.paths).returncode == 0
+        wait_for(lambda: len(archive.files()) == 2, 180, "SEG and SR from the new rule")
+        assert node.status()["jobs"] == {"done": 1}, "the first study stays unrouted"
+    finally:
+        code = node.stop()
+        archive.stop()
+    assert code == 0
