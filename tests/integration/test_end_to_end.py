@@ -7,6 +7,9 @@ node runs from the shipped config.yaml with only contract keys changed.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -243,3 +246,31 @@ def test_node_killed_mid_job_comes_back_and_still_delivers(tmp_path, phantom):
         code = node.stop()
         archive.stop()
     assert code == 0, node.log()
+
+
+def test_worker_process_killed_mid_job_gets_the_job_again(tmp_path, phantom):
+    """Redis mode: SIGKILL the process running the job; acks_late with
+    reject_on_worker_lost puts the message back and a fresh process finishes it."""
+    redis = Redis(tmp_path / "redis").start()
+    archive = Storescp(tmp_path / "archive").start()
+    config = shipped_config(archive.aet, archive.port)
+    config["broker"] = {"url": redis.url}
+    node = NodeProcess(tmp_path / "node", config).start()
+    worker = NodeProcess(tmp_path / "node", config, command="worker", port=node.port).start()
+    try:
+        series = write_ct_series(
+            tmp_path / "ct", phantom.hu, SeriesOptions(spacing=phantom.spacing)
+        )
+        assert storescu(node.port, series.paths).returncode == 0
+        started = node.folder / "var" / "work" / "1" / "started.json"
+        wait_for(started.exists, 120, "a worker to take the job", poll=0.02)
+        pid = int(json.loads(started.read_text())["worker"].rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: node.status()["jobs"].get("done"), 240, "the job to finish anyway")
+        wait_for(lambda: len(archive.files()) >= 2, 60, "results at the archive")
+        assert "WorkerLostError" in worker.log()
+    finally:
+        codes = (node.stop(), worker.stop())
+        archive.stop()
+        redis.stop()
+    assert codes[0] == 0
