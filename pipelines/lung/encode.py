@@ -25,7 +25,7 @@ Codes and why:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
@@ -67,6 +67,17 @@ EMPHYSEMA_INDEX = Code(
 PROCEDURE_REPORTED = codes.LN.CTUnspecifiedBodyRegion
 
 
+def _equipment(spec: PipelineSpec) -> dict[str, Any]:
+    """What SEG and SR both say about the device that made them."""
+    return {
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": MODEL_NAME,
+        "software_versions": f"{spec.name} {spec.version}",
+        "device_serial_number": DEVICE_SERIAL_NUMBER,
+    }
+
+
 def encode_results(
     volume: Volume, prediction: LungPrediction, uids: ResultUids, spec: PipelineSpec
 ) -> list[Dataset]:
@@ -102,11 +113,7 @@ def build_seg(
         series_instance_uid=uids.uid("seg", "series"),
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=uids.uid("seg", "instance"),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=f"{spec.name} {spec.version}",
-        device_serial_number=DEVICE_SERIAL_NUMBER,
+        **_equipment(spec),
         series_description="Lung segmentation (AI)",
         content_label="LUNGS",
         content_description="Right and left lung",
@@ -171,11 +178,7 @@ def build_sr(
         series_instance_uid=uids.uid("sr", "series"),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=uids.uid("sr", "instance"),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=f"{spec.name} {spec.version}",
-        device_serial_number=DEVICE_SERIAL_NUMBER,
+        **_equipment(spec),
         series_description="Lung volumes and emphysema index (AI)",
         is_complete=True,
         coding_schemes=[

@@ -92,8 +92,16 @@ def echoscu(
     return subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=60)
 
 
+class _Process:
+    proc: subprocess.Popen[Any] | None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
 @dataclass
-class Orthanc:
+class Orthanc(_Process):
     """A real Orthanc as PACS/archive, with a REST client."""
 
     folder: Path
@@ -165,13 +173,9 @@ class Orthanc:
     def file(self, instance_id: str) -> bytes:
         return bytes(self.request("GET", f"/instances/{instance_id}/file"))
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
 
 @dataclass
-class Storescp:
+class Storescp(_Process):
     """dcmtk storescp as a simple archive writing every instance to a folder."""
 
     folder: Path
@@ -194,13 +198,9 @@ class Storescp:
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
 
 @dataclass
-class Redis:
+class Redis(_Process):
     folder: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -231,10 +231,6 @@ class Redis:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
 
 
 @dataclass
