@@ -66,6 +66,14 @@ def check_results(seg_path: Path, sr_path: Path, series: Any, phantom: Any) -> N
     assert codes == {RIGHT_LUNG, LEFT_LUNG}
 
 
+def assert_valid(paths: list[Path]) -> None:
+    """dciodvfy and PixelMed find no error in any SEG or SR the node delivered."""
+    for path in paths:
+        modality = str(pydicom.dcmread(path, stop_before_pixels=True).Modality)
+        errors = errors_in_seg(path) if modality == "SEG" else errors_in_sr(path)
+        assert errors == [], (path.name, errors)
+
+
 def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(tmp_path, phantom):
     archive = Orthanc(tmp_path / "orthanc")
     node = NodeProcess(tmp_path / "node", {})
@@ -182,6 +190,7 @@ def test_results_wait_in_the_outbox_until_the_archive_comes_up(tmp_path, phantom
         archive.start()
         wait_for(lambda: len(archive.files()) == 2, 60, "delivery after the archive came up")
         wait_for(lambda: not list(outbox.rglob("*.dcm")), 30, "outbox files deleted after Success")
+        assert_valid(archive.files())
     finally:
         code = node.stop()
         archive.stop()
@@ -242,6 +251,7 @@ def test_node_killed_mid_job_comes_back_and_still_delivers(tmp_path, phantom):
         assert modalities in (["SEG", "SR"], ["SEG", "SEG", "SR", "SR"])
         uids = {str(pydicom.dcmread(p).SOPInstanceUID) for p in archive.files()}
         assert len(uids) == 2, "a re-run writes the same UIDs: the archive sees no duplicates"
+        assert_valid(archive.files())
     finally:
         code = node.stop()
         archive.stop()
