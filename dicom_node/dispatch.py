@@ -7,9 +7,10 @@ One ``tick`` does, in order:
 2. enqueue: queued jobs never handed to the broker are sent to it;
 3. collect: jobs whose worker wrote an outcome end as done (outputs moved to
    the outbox), skipped or failed, with the worker's reason;
-4. recover: a queued job nobody took within ``workers.requeue_after_seconds``,
-   or a running job whose heartbeat is older than ``workers.lease_seconds``, is
-   enqueued again; after ``workers.max_attempts`` it fails with a reason.
+4. recover: a queued job nobody took within ``workers.requeue_after_seconds``
+   is enqueued again (waiting for a worker never fails a job); a running job
+   whose heartbeat is older than ``workers.lease_seconds`` is enqueued again,
+   and after ``workers.max_attempts`` such deliveries it fails with a reason.
 
 The node's job table is the truth; the broker is only transport, so a flushed
 Redis, a killed worker or a restarted node loses no job. A job delivered twice
@@ -28,7 +29,7 @@ from typing import Any
 from dicom_node import assembly, routing
 from dicom_node.index import Index
 from dicom_node.jobs import Job, Jobs
-from dicom_node.jobspec import OUTPUTS, JobOutcome, JobRequest, heartbeat_age
+from dicom_node.jobspec import OUTPUTS, STARTED, JobOutcome, JobRequest, heartbeat_age
 from dicom_node.outbox import Outbox
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
@@ -114,20 +115,26 @@ class Dispatcher:
         elif age is not None and age < self.settings.workers.lease_seconds:
             if job.state == "queued":
                 self.jobs.mark_running(job.id, now - age)
-        elif (
-            age is not None or now - job.enqueued_at >= self.settings.workers.requeue_after_seconds
-        ):
-            why = "its worker stopped answering" if age is not None else "no worker took it"
-            self._recover(job, now, why)
+        elif age is not None:
+            self._recover(job, now)
+        elif now - job.enqueued_at >= self.settings.workers.requeue_after_seconds:
+            # The message may be lost (flushed broker) or just waiting behind others, or
+            # no worker runs: send it again. A duplicate is harmless, and waiting for a
+            # worker is not an attempt, so this never fails the job.
+            logger.warning("job %d enqueued again: no worker took it", job.id,
+                           extra={"job": job.id})  # fmt: skip
+            self._send(job, now, count_attempt=False)
 
-    def _recover(self, job: Job, now: float, why: str) -> None:
+    def _recover(self, job: Job, now: float) -> None:
+        """The worker running ``job`` stopped its heartbeat: run it again, or give up."""
         if job.attempts >= self.settings.workers.max_attempts:
-            reason = f"gave up after {job.attempts} attempts: {why}"
+            reason = f"gave up after {job.attempts} attempts: its worker stopped answering"
             self.jobs.finish(job.id, "failed", reason, now=now)
             logger.error("job %d failed: %s", job.id, reason, extra={"job": job.id})
             return
-        logger.warning("job %d enqueued again: %s", job.id, why, extra={"job": job.id})
-        (self.spool.root / self.spool.work_relpath(job.id) / "started.json").unlink(missing_ok=True)
+        logger.warning("job %d enqueued again: its worker stopped answering", job.id,
+                       extra={"job": job.id})  # fmt: skip
+        (self.spool.root / self.spool.work_relpath(job.id) / STARTED).unlink(missing_ok=True)
         self._send(job, now, count_attempt=True)
 
     def _send(self, job: Job, now: float, count_attempt: bool) -> None:

@@ -126,17 +126,30 @@ def test_skipped_outcome_keeps_the_workers_reason(tmp_path):
     assert (job.state, job.reason) == ("skipped", "(0008,0060) Modality is MR; lung-ct needs CT")
 
 
-def test_job_nobody_took_is_enqueued_again_then_fails_with_a_reason(tmp_path):
+def test_job_nobody_took_is_enqueued_again_and_waiting_never_fails_it(tmp_path):
     d, sent = make(tmp_path)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
     d.tick(now=50.0)
     assert len(sent) == 1
-    d.tick(now=112.0)
-    assert len(sent) == 2
-    d.tick(now=213.0)
+    for n, now in enumerate((112.0, 213.0, 314.0, 415.0), start=2):
+        d.tick(now=now)
+        assert len(sent) == n
     job = d.jobs.get(sent[0]["job_id"])
-    assert job.state == "failed" and "no worker took it" in job.reason
+    assert (job.state, job.attempts) == ("queued", 1)
+
+
+def test_job_whose_worker_keeps_dying_fails_after_max_attempts(tmp_path):
+    d, sent = make(tmp_path)
+    receive(d, 2, now=0.0)
+    d.tick(now=11.0)
+    started = _mkdir(tmp_path / sent[0]["work_dir"]) / STARTED
+    for _ in range(2):
+        started.write_text("{}")
+        d.tick(now=started.stat().st_mtime + 60)
+    job = d.jobs.get(sent[0]["job_id"])
+    assert job.state == "failed"
+    assert job.reason == "gave up after 2 attempts: its worker stopped answering"
 
 
 def test_running_job_with_a_dead_worker_is_enqueued_again(tmp_path):
