@@ -12,6 +12,7 @@ and a job another worker holds (file lock) is left to it.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import logging
@@ -93,6 +94,15 @@ def _reset_peak_memory() -> None:
         pass
 
 
+def _release_free_memory() -> None:
+    """Hand memory freed by the finished job back to the OS (glibc keeps it otherwise),
+    so an idle worker does not sit on its last job's peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -114,6 +124,7 @@ def execute(
         with _heartbeat(work / STARTED, settings.workers.heartbeat_seconds):
             outcome = _run(request, root, work, models, final_attempt)
         outcome.write(work)
+    _release_free_memory()
     logger.info("job %d %s %s", request.job_id, outcome.status, outcome.reason)
     return outcome
 
