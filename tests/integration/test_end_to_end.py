@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.support.ct_series import SENTINEL_PATIENT, SeriesOptions, write_ct_series
-from tests.support.peers import NodeProcess, Orthanc, Redis, Storescp, storescu
+from tests.support.peers import NodeProcess, Orthanc, Redis, Storescp, require, storescu
 from tests.support.phantom import make_chest_phantom
 from tests.support.results import LEFT_LUNG, RIGHT_LUNG, dice, seg_labels, sr_measurements
 from tests.support.validators import errors_in_seg, errors_in_sr
@@ -160,7 +160,9 @@ def test_flushed_redis_loses_no_job(tmp_path, phantom):
         wait_for(lambda: node.status()["jobs"].get("queued"), 60, "the job to be queued")
         wait_for(lambda: "job 1 queued" in node.log(), 30, "the job to be enqueued")
         subprocess.run(
-            ["redis-cli", "-p", str(redis.port), "FLUSHALL"], check=True, capture_output=True
+            [require("redis-cli"), "-p", str(redis.port), "FLUSHALL"],
+            check=True,
+            capture_output=True,
         )
         worker.start()
         wait_for(lambda: node.status()["jobs"].get("done"), 180, "the job to finish")
