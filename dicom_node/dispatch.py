@@ -156,17 +156,14 @@ class Dispatcher:
 
     def _collect(self, job: Job, outcome: JobOutcome, work: Path) -> None:
         if outcome.status == "done":
-            moved = [
-                self.spool.move_to_outbox(work / OUTPUTS / name, job.id)
-                for name in outcome.outputs
-                if (work / OUTPUTS / name).exists()
-            ]
-            moved += [
-                self.spool.outbox_relpath(job.id, n)
-                for n in outcome.outputs
-                if (self.spool.root / self.spool.outbox_relpath(job.id, n)).exists()
-                and self.spool.outbox_relpath(job.id, n) not in moved
-            ]
+            # Idempotent: a crash after some moves leaves those files in the outbox already.
+            moved = []
+            for name in outcome.outputs:
+                if (work / OUTPUTS / name).exists():
+                    self.spool.move_to_outbox(work / OUTPUTS / name, job.id)
+                rel = self.spool.outbox_relpath(job.id, name)
+                if (self.spool.root / rel).exists():
+                    moved.append(rel)
             self.outbox.add(job.id, moved, job.destinations)
         self.jobs.finish(job.id, outcome.status, outcome.reason, outcome.timings, outcome.summary)
         self.spool.remove_work(job.id)
