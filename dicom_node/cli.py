@@ -107,7 +107,11 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
         return int(backend.run_worker(settings, queues, args.concurrency) or 0)
     from dicom_node.node import Node
 
-    return Node(settings, backend, args.config).run_until_signal()
+    try:
+        return Node(settings, backend, args.config).run_until_signal()
+    except OSError as exc:  # port in use, storage not writable, ...
+        print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 def _open(settings: Settings) -> tuple[Any, Any, Any, Any, Any]:

@@ -149,13 +149,13 @@ class Node:
         self.server: ThreadedAssociationServer | None = None
 
     def start(self) -> tuple[str, int]:
+        self.server = start_server(self.settings.node, self.receiver)  # fails first, if at all
+        host, port = self.server.server_address[:2]
         requeued = self.dispatcher.requeue_unfinished()
         if requeued:
             logger.info("%d unfinished job(s) from before enqueued again", requeued)
         if self.workers is not None:
             self.workers.start()
-        self.server = start_server(self.settings.node, self.receiver)
-        host, port = self.server.server_address[:2]
         for name, target in (("dispatcher", self._dispatch_loop), ("sender", self._send_loop)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()

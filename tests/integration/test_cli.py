@@ -44,3 +44,19 @@ def test_status_of_a_new_node_and_retry_of_an_unknown_job(tmp_path):
     assert str(tmp_path / "data") in status.stdout
     retry = dicom_node("retry", "--config", "config.yaml", "--job", "42", cwd=tmp_path)
     assert retry.returncode == 1 and "job 42 does not exist" in retry.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_and_leaves_no_worker_behind(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "config.yaml").write_text(
+            f"node: {{host: 127.0.0.1, port: {port}}}\nstorage: {{dir: var}}\nrules: []\n"
+        )
+        result = dicom_node("serve", "--config", "config.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "in use" in result.stderr
+    assert not (tmp_path / "var" / "broker" / "worker.pid").exists()
