@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     group = r.add_mutually_exclusive_group(required=True)
     group.add_argument("--job", type=int, help="job id to run again")
     group.add_argument("--dead-letters", action="store_true", help="resend dead-lettered results")
-    cmd("check-config", "validate a configuration file and exit")
+    c = cmd("check-config", "validate a configuration file and exit")
+    c.add_argument("--echo", action="store_true", help="also C-ECHO every destination")
     return p
 
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
         return 2
     if args.command == "check-config":
         print(f"{args.config or 'embedded defaults'}: OK ({len(settings.rules)} rule(s))")
-        return 0
+        return _echo_destinations(settings) if args.echo else 0
     if args.command == "status":
         return _status(settings, args.json, args.limit)
     if args.command == "retry":
@@ -112,6 +113,18 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
     except OSError as exc:  # port in use, storage not writable, ...
         print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _echo_destinations(settings: Settings) -> int:
+    from dicom_node import scu
+
+    unreachable = 0
+    for name, dest in sorted(settings.destinations.items()):
+        ok = scu.echo(dest, settings.node.ae_title)
+        unreachable += not ok
+        where = f"{dest.ae_title}@{dest.host}:{dest.port}"
+        print(f"destination {name} ({where}): {'C-ECHO OK' if ok else 'no answer'}")
+    return 1 if unreachable else 0
 
 
 def _open(settings: Settings) -> tuple[Any, Any, Any, Any, Any]:

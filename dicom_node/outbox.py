@@ -62,10 +62,6 @@ class Outbox:
         )
         return [Item(**dict(r)) for r in rows]
 
-    def next_due(self) -> float | None:
-        row = self.db.query("SELECT MIN(next_attempt_at) AS t FROM outbox WHERE state = 'pending'")
-        return row[0]["t"]
-
     def mark_sent(self, item: Item, now: float) -> bool:
         """Record success; True when no destination still needs the file."""
         with self.db.transaction() as conn:
@@ -101,12 +97,6 @@ class Outbox:
     def counts(self) -> dict[str, int]:
         rows = self.db.query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
-
-    def pending_for(self, job_id: int) -> int:
-        rows = self.db.query(
-            "SELECT COUNT(*) AS n FROM outbox WHERE job_id = ? AND state = 'pending'", (job_id,)
-        )
-        return int(rows[0]["n"])
 
 
 SendFn = Callable[[Destination, Sequence[Path], str, float], Sequence[object]]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -66,12 +65,10 @@ class Receiver:
         spool: Spool,
         index: Index,
         min_free_bytes: int,
-        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.spool = spool
         self.index = index
         self.min_free_bytes = min_free_bytes
-        self.on_stored = on_stored
         self._lock = threading.Lock()
         self.counts: dict[int, dict[str, int]] = {}
 
@@ -148,8 +145,6 @@ class Receiver:
         if replaced:
             self.spool.remove(replaced)
         logger.debug("stored %s (%s)", sop, "new" if new else "duplicate", extra=_peer(event))
-        if self.on_stored is not None:
-            self.on_stored()
         return 0x0000
 
     def _count(self, event: Any, key: str) -> None:

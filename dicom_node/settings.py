@@ -181,10 +181,6 @@ class Settings(_Section):
                     )
         return self
 
-    @property
-    def storage_dir(self) -> Path:
-        return self.storage.dir
-
 
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     """The 1-based line of the YAML node at ``loc``, or of its nearest parent."""

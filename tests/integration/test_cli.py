@@ -60,3 +60,22 @@ def test_serve_on_a_port_in_use_says_so_and_leaves_no_worker_behind(tmp_path):
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "in use" in result.stderr
     assert not (tmp_path / "var" / "broker" / "worker.pid").exists()
+
+
+def test_check_config_echo_reports_each_destination(tmp_path):
+    from tests.support.peers import Storescp, free_port
+
+    archive = Storescp(tmp_path / "archive").start()
+    try:
+        (tmp_path / "config.yaml").write_text(
+            "destinations:\n"
+            f"  archive: {{ae_title: {archive.aet}, host: 127.0.0.1, port: {archive.port}}}\n"
+            f"  down: {{ae_title: NOBODY, host: 127.0.0.1, port: {free_port()}}}\n"
+        )
+        result = dicom_node("check-config", "--config", "config.yaml", "--echo", cwd=tmp_path)
+    finally:
+        archive.stop()
+    assert result.returncode == 1
+    assert f"destination archive (ARCHIVE@127.0.0.1:{archive.port}): C-ECHO OK" in result.stdout
+    assert "destination down (NOBODY@127.0.0.1:" in result.stdout
+    assert "no answer" in result.stdout
