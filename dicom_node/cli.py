@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     group = r.add_mutually_exclusive_group(required=True)
     group.add_argument("--job", type=int, help="job id to run again")
     group.add_argument("--dead-letters", action="store_true", help="resend dead-lettered results")
+    pg = cmd("purge", "delete the received images of an ended job's series now")
+    pg.add_argument("--job", type=int, required=True, help="job id (failed, skipped or done)")
     c = cmd("check-config", "validate a configuration file and exit")
     c.add_argument("--echo", action="store_true", help="also C-ECHO every destination")
     return p
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
         return _echo_destinations(settings) if args.echo else 0
     if args.command == "status":
         return _status(settings, args.json, args.limit)
+    if args.command == "purge":
+        return _purge(settings, args.job)
     if args.command == "retry":
         return _retry(settings, args.job, args.dead_letters)
     if backend is None:
@@ -188,6 +192,26 @@ def _measured(summary: dict[str, Any]) -> str:
         if isinstance(m, dict) and {"volume_ml", "emphysema_percent"} <= set(m)
     ]
     return "  " + ", ".join(parts) if parts else ""
+
+
+def _purge(settings: Settings, job_id: int) -> int:
+    from dicom_node.retention import purge_series
+
+    spool, db, index, jobs, _ = _open(settings)
+    try:
+        job = jobs.get(job_id)
+        if job is None or job.state not in ("failed", "skipped", "done"):
+            print(f"job {job_id} does not exist or has not ended", file=sys.stderr)
+            return 1
+        if jobs.busy_on(job.series_uid):
+            print(f"another job still uses series {job.series_uid}; not purged", file=sys.stderr)
+            return 1
+        count = purge_series(index, spool, job.series_uid)
+        jobs.note_purged(job_id)
+        print(f"job {job_id}: {count} source image(s) of series {job.series_uid} purged")
+        return 0
+    finally:
+        db.close()
 
 
 def _retry(settings: Settings, job_id: int | None, dead_letters: bool) -> int:

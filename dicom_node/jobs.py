@@ -161,3 +161,14 @@ class Jobs:
                 (time.time(), job_id),
             )
             return cur.rowcount == 1
+
+    def note_purged(self, job_id: int) -> None:
+        """Record on an ended job that an operator purged its source images."""
+        self._update(job_id, "reason = reason || ?", (" [source images purged by operator]",))
+
+    def busy_on(self, series_uid: str) -> bool:
+        rows = self.db.query(
+            "SELECT 1 FROM jobs WHERE series_uid = ? AND state IN ('queued', 'running')",
+            (series_uid,),
+        )
+        return bool(rows)

@@ -1,5 +1,7 @@
 """Retention: purge received images once their work has ended.
 
+An operator can purge a failed job's images at once (``dicom-node purge``).
+
 A series is purged ``storage.retention_hours`` after its last instance when
 its study is routed and none of its jobs is queued, running or failed
 (failures are kept for inspection until an operator retries or purges them).
@@ -23,10 +25,17 @@ def purge_sources(index: Index, spool: Spool, settings: StorageSettings, now: fl
         return 0
     purged = 0
     for series_uid in index.purgeable_series(now - settings.retention_hours * 3600):
-        for _, path in index.files_of(series_uid):
-            spool.remove(path)
-        index.forget_series(series_uid)
+        purge_series(index, spool, series_uid)
         purged += 1
     if purged:
         logger.info("retention: purged %d series", purged)
     return purged
+
+
+def purge_series(index: Index, spool: Spool, series_uid: str) -> int:
+    """Delete one series' received files and index rows now; returns how many files."""
+    files = index.files_of(series_uid)
+    for _, path in files:
+        spool.remove(path)
+    index.forget_series(series_uid)
+    return len(files)

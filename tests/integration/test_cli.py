@@ -79,3 +79,28 @@ def test_check_config_echo_reports_each_destination(tmp_path):
     assert f"destination archive (ARCHIVE@127.0.0.1:{archive.port}): C-ECHO OK" in result.stdout
     assert "destination down (NOBODY@127.0.0.1:" in result.stdout
     assert "no answer" in result.stdout
+
+
+def test_purge_deletes_a_failed_jobs_images_and_notes_it(tmp_path):
+    from dicom_node.index import Index, InstanceRecord
+    from dicom_node.jobs import Jobs
+    from dicom_node.spool import Spool
+    from dicom_node.state import Database
+
+    (tmp_path / "config.yaml").write_text("storage: {dir: var}\nrules: []\n")
+    spool = Spool(tmp_path / "var")
+    spool.create()
+    db = Database(spool.database)
+    rel = spool.store_instance("1.2", "1.2.3", "1.2.3.1", b"x")
+    Index(db).record(InstanceRecord("1.2", "1.2.3", "1.2.3.1", "1.2.840.10008.5.1.4.1.1.2", rel, 1))
+    jobs = Jobs(db)
+    job = jobs.create(study_uid="1.2", series_uid="1.2.3", rule="r", pipeline="lung-ct",
+                      sop_uids=["1.2.3.1"], inputs=[rel], destinations=[])  # fmt: skip
+    running = dicom_node("purge", "--config", "config.yaml", "--job", str(job), cwd=tmp_path)
+    assert running.returncode == 1 and "has not ended" in running.stderr
+    jobs.finish(job, "failed", "pipeline error: ValueError")
+    result = dicom_node("purge", "--config", "config.yaml", "--job", str(job), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 source image(s) of series 1.2.3 purged" in result.stdout
+    assert not (spool.root / rel).exists()
+    assert jobs.get(job).reason.endswith("[source images purged by operator]")
