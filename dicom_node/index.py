@@ -8,6 +8,7 @@ counted once and does not change the revision.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -105,15 +106,14 @@ class Index:
             return True, replaced
 
     @staticmethod
-    def _count(conn: object, rec: InstanceRecord, now: float) -> None:
-        execute = conn.execute  # type: ignore[attr-defined]
-        execute(
+    def _count(conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
+        conn.execute(
             "INSERT INTO studies (study_uid, revision, first_received, last_received)"
             " VALUES (?, 1, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
             " revision = revision + 1, last_received = excluded.last_received",
             (rec.study_uid, now, now),
         )
-        execute(
+        conn.execute(
             "INSERT INTO series (series_uid, study_uid, modality, body_part, description,"
             " protocol_name, manufacturer, sop_class_uid, instances, last_received)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT(series_uid) DO UPDATE SET"

@@ -16,11 +16,12 @@ flushed broker and a restarted node:
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from dicom_node.spool import write_atomic
 
 STARTED = "started.json"
 OUTCOME = "outcome.json"
@@ -67,13 +68,7 @@ class JobOutcome:
 
     def write(self, work_dir: Path) -> None:
         """Write atomically: a reader sees no outcome or a whole one."""
-        data = json.dumps(asdict(self), indent=2).encode()
-        tmp = work_dir / f".{OUTCOME}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, work_dir / OUTCOME)
+        write_atomic(work_dir / OUTCOME, json.dumps(asdict(self), indent=2).encode())
 
     @classmethod
     def read(cls, work_dir: Path) -> JobOutcome | None:

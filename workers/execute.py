@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import io
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.jobspec import OUTPUTS, STARTED, JobOutcome, JobRequest
 from dicom_node.settings import Settings
+from dicom_node.spool import write_atomic
 from pipelines import registry
 from pipelines.base import PipelineFailed, SeriesNotUsable
 from pipelines.runner import run_series, summarize
@@ -187,13 +189,8 @@ def _write_outputs(folder: Path, datasets: list[Dataset]) -> list[str]:
     names = []
     for n, ds in enumerate(datasets, start=1):
         name = f"{str(ds.Modality).lower()}-{n}.dcm"
-        tmp = folder / f".{name}.tmp"
-        ds.save_as(tmp, enforce_file_format=True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / name)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        write_atomic(folder / name, buffer.getvalue())
         names.append(name)
-    fd = os.open(folder, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
     return names
