@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,21 @@ def configure_logging(level: str) -> None:
     # highdicom narrates every module it copies; its warnings are what matter.
     logging.getLogger("highdicom").setLevel(max(logging.WARNING, root.level))
     _quiet_pynetdicom()
+    _quiet_pydicom()
+
+
+def _quiet_pydicom() -> None:
+    """pydicom and highdicom quote the offending value when they meet a malformed one
+    (``Invalid value for VR DA: '1970-01-01'``), as a warning or a log line: keep
+    both out of the logs. Malformed demographics are reported by tag and keyword
+    instead (``pipelines.sources``)."""
+    from pydicom import config
+
+    # pydicom's validation mode is a module global; set once here, in the entry point.
+    config.settings.reading_validation_mode = config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    for module in (r"pydicom(\..*)?", r"highdicom(\..*)?"):
+        warnings.filterwarnings("ignore", module=module)
 
 
 def _quiet_pynetdicom() -> None:
@@ -95,6 +112,9 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
     except ConfigError as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)
         return 2
+    # Everything the node and its workers create (spool, database, results, broker
+    # files) is for the node's user only, or its group when storage.group_access.
+    os.umask(0o027 if settings.storage.group_access else 0o077)
     if args.command == "check-config":
         print(f"{args.config or 'embedded defaults'}: OK ({len(settings.rules)} rule(s))")
         return _echo_destinations(settings) if args.echo else 0
@@ -140,7 +160,7 @@ def _open(settings: Settings) -> tuple[Any, Any, Any, Any, Any]:
 
     spool = Spool(settings.storage.dir)
     spool.create()
-    db = Database(spool.database)
+    db = Database(settings.storage.database_path)
     return spool, db, Index(db), Jobs(db), Outbox(db)
 
 
@@ -195,13 +215,17 @@ def _measured(summary: dict[str, Any]) -> str:
 
 
 def _purge(settings: Settings, job_id: int) -> int:
+    """State first, files second: only an ended job whose series no other job uses."""
     from dicom_node.retention import purge_series
 
     spool, db, index, jobs, _ = _open(settings)
     try:
         job = jobs.get(job_id)
-        if job is None or job.state not in ("failed", "skipped", "done"):
-            print(f"job {job_id} does not exist or has not ended", file=sys.stderr)
+        if job is None:
+            print(f"job {job_id} does not exist", file=sys.stderr)
+            return 1
+        if not job.ended:
+            print(f"job {job_id} is {job.state.value}; purge it once it has ended", file=sys.stderr)
             return 1
         if jobs.busy_on(job.series_uid):
             print(f"another job still uses series {job.series_uid}; not purged", file=sys.stderr)
@@ -215,15 +239,21 @@ def _purge(settings: Settings, job_id: int) -> int:
 
 
 def _retry(settings: Settings, job_id: int | None, dead_letters: bool) -> int:
-    spool, db, _, jobs, outbox = _open(settings)
+    """State first, files second: the job moves back to queued on a new ticket (only
+    from an ended state), and the node's dispatcher then makes its work folder."""
+    _, db, _, jobs, outbox = _open(settings)
     try:
         if dead_letters:
             print(f"{outbox.retry_dead()} dead-lettered send(s) will be tried again")
             return 0
         assert job_id is not None
-        spool.remove_work(job_id)
+        job = jobs.get(job_id)
+        if job is None:
+            print(f"job {job_id} does not exist", file=sys.stderr)
+            return 1
         if not jobs.retry(job_id):
-            print(f"job {job_id} does not exist or has not ended", file=sys.stderr)
+            print(f"job {job_id} is {job.state.value}; only an ended job can be run again",
+                  file=sys.stderr)  # fmt: skip
             return 1
         print(f"job {job_id} queued again")
         return 0

@@ -4,35 +4,39 @@ One ``tick`` does, in order:
 
 1. route: every stable study's series go through the rules; each (series,
    rule) pair becomes a queued job (once per set of instances);
-2. enqueue: queued jobs never handed to the broker are sent to it;
-3. collect: jobs whose worker wrote an outcome end as done (outputs moved to
-   the outbox), skipped or failed, with the worker's reason;
-4. recover: a queued job nobody took within ``workers.requeue_after_seconds``
-   is enqueued again (waiting for a worker never fails a job); a running job
-   whose heartbeat is older than ``workers.lease_seconds`` is enqueued again,
-   and after ``workers.max_attempts`` such deliveries it fails with a reason.
+2. advance: for every active job, read its worker's report from the work
+   folder, let ``lifecycle.decide`` choose the step, and apply it through
+   ``Jobs.move``: send (or re-send) its ticket, note that a worker holds it,
+   issue a new ticket, collect the outcome (results into the outbox), or fail.
 
 The node's job table is the truth; the broker is only transport, so a flushed
 Redis, a killed worker or a restarted node loses no job. A job delivered twice
-is harmless: the worker skips a job that has an outcome or a live owner, and
-result UIDs are deterministic.
+is harmless: a message for an ended job or an older ticket finds no folder and
+does nothing, and result UIDs are deterministic.
+
+Each job is handled under its own guard: a job whose report cannot be trusted
+is failed with a reason; an unexpected error is logged by class and the job is
+failed; the other jobs go on.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
+import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from dicom_node import assembly, routing
+from dicom_node.errors import BadReport, UnreadableResult
 from dicom_node.index import Index
-from dicom_node.jobs import Job, Jobs
-from dicom_node.jobspec import OUTPUTS, STARTED, JobOutcome, JobRequest, heartbeat_age
+from dicom_node.jobs import Job, Jobs, JobState, Move
+from dicom_node.jobspec import JobOutcome, JobRequest
+from dicom_node.lifecycle import Policy, Step, decide
 from dicom_node.outbox import Outbox
 from dicom_node.settings import Settings
-from dicom_node.spool import Spool
+from dicom_node.spool import OutboxEntry, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class Dispatcher:
         outbox: Outbox,
         enqueue: Enqueue,
         on_results: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -57,12 +62,18 @@ class Dispatcher:
         self.outbox = outbox
         self.enqueue = enqueue
         self.on_results = on_results
+        self.clock = clock
+
+    @property
+    def policy(self) -> Policy:
+        w = self.settings.workers
+        return Policy(w.lease_seconds, w.requeue_after_seconds, w.max_attempts)
 
     def tick(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         self.route(now)
         for job in self.jobs.active():
-            self._advance(job, now)
+            self.advance(job, now)
 
     # -- 1. route --------------------------------------------------------
     def route(self, now: float) -> None:
@@ -102,93 +113,137 @@ class Dispatcher:
         )
         return 1
 
-    # -- 2-4. enqueue, collect, recover -------------------------------------
-    def _advance(self, job: Job, now: float) -> None:
-        work = self.spool.root / self.spool.work_relpath(job.id)
-        outcome = JobOutcome.read(work)
-        if outcome is not None:
-            self._collect(job, outcome, work)
-            return
-        age = heartbeat_age(work, now)
-        if job.enqueued_at is None:
-            self._send(job, now, count_attempt=True)
-        elif age is not None and age < self.settings.workers.lease_seconds:
-            if job.state == "queued":
-                self.jobs.mark_running(job.id, now - age)
-        elif age is not None:
-            self._recover(job, now)
-        elif now - job.enqueued_at >= self.settings.workers.requeue_after_seconds:
-            # The message may be lost (flushed broker) or just waiting behind others, or
-            # no worker runs: send it again. A duplicate is harmless, and waiting for a
-            # worker is not an attempt, so this never fails the job.
-            logger.warning("job %d enqueued again: no worker took it", job.id,
-                           extra={"job": job.id})  # fmt: skip
-            self._send(job, now, count_attempt=False)
+    # -- 2. advance ---------------------------------------------------------
+    def advance(self, job: Job, now: float) -> None:
+        """One job, one step, under a guard that keeps the other jobs going."""
+        try:
+            report = self.spool.job_folder(job.id).report(job.ticket)
+            self._apply(job, decide(job, report, now, self.policy), report.beat, now)
+        except (BadReport, UnreadableResult) as exc:  # permanent: this job cannot go on
+            self._fail(job, job.attempts, str(exc), now)
+        except sqlite3.OperationalError as exc:  # database busy or locked: next tick
+            logger.warning("job %d: database not available (%s); will try again", job.id,
+                           type(exc).__name__, extra={"job": job.id})  # fmt: skip
+        except Exception as exc:  # a defect or an odd file: this job fails, the rest go on
+            where = "".join(traceback.format_tb(exc.__traceback__)[-3:])
+            logger.error("job %d: node error %s while handling it at\n%s", job.id,
+                         type(exc).__name__, where, extra={"job": job.id})  # fmt: skip
+            reason = f"node error while handling the job ({type(exc).__name__})"
+            self._fail(job, job.attempts, reason, now)
 
-    def _recover(self, job: Job, now: float) -> None:
-        """The worker running ``job`` stopped its heartbeat: run it again, or give up."""
-        if job.attempts >= self.settings.workers.max_attempts:
-            reason = f"gave up after {job.attempts} attempts: its worker stopped answering"
-            self.jobs.finish(job.id, "failed", reason, now=now)
-            logger.error("job %d failed: %s", job.id, reason, extra={"job": job.id})
-            return
-        logger.warning("job %d enqueued again: its worker stopped answering", job.id,
-                       extra={"job": job.id})  # fmt: skip
-        (self.spool.root / self.spool.work_relpath(job.id) / STARTED).unlink(missing_ok=True)
-        self._send(job, now, count_attempt=True)
+    def _apply(self, job: Job, step: Step, beat: str | None, now: float) -> None:
+        if step.action == "collect":
+            assert step.outcome is not None
+            self._collect(job, step.outcome, step.attempts, now)
+        elif step.action == "fail":
+            self._fail(job, step.attempts, step.reason, now)
+        elif step.action == "send":
+            self._send(job, step.attempts, now, first=step.first)
+        elif step.action == "observe":
+            moved = self.jobs.move(job.id, Move.OBSERVE, now, attempts=step.attempts,
+                                   beat=beat or "", beat_at=now,
+                                   started_at=job.started_at or now)  # fmt: skip
+            if moved and job.state == JobState.QUEUED:
+                logger.info("job %d taken by a worker (attempt %d)", job.id, step.attempts,
+                            extra={"job": job.id})  # fmt: skip
+        elif step.action == "reissue":
+            self._reissue(job, step, now)
+        elif step.attempts != job.attempts:  # wait, but a delivery started meanwhile
+            self.jobs.move(job.id, Move.SEND if job.state == JobState.QUEUED else Move.OBSERVE,
+                           now, attempts=step.attempts)  # fmt: skip
 
-    def _send(self, job: Job, now: float, count_attempt: bool) -> None:
+    def _reissue(self, job: Job, step: Step, now: float) -> None:
+        logger.warning("job %d: %s; attempt %d of %d done, issuing it again", job.id, step.reason,
+                       step.attempts, self.policy.max_attempts, extra={"job": job.id})  # fmt: skip
+        moved = self.jobs.move(job.id, Move.REISSUE, now, attempts=step.attempts,
+                               ticket=job.ticket + 1, beat="", beat_at=None, enqueued_at=None,
+                               not_before=step.not_before)  # fmt: skip
+        if moved and (step.not_before is None or step.not_before <= now):
+            fresh = self.jobs.get(job.id)
+            if fresh is not None:
+                self._send(fresh, step.attempts, now, first=True)
+
+    def _send(self, job: Job, attempts: int, now: float, first: bool) -> None:
+        ticket = max(job.ticket, 1)
+        if first or not self.spool.job_folder(job.id).ticket(ticket).exists():
+            self.spool.job_folder(job.id).open_ticket(ticket)
         request = JobRequest(
             job_id=job.id,
+            ticket=ticket,
             pipeline=job.pipeline,
             inputs=job.inputs,
-            work_dir=self.spool.work_relpath(job.id),
             uid_root=self.settings.node.uid_root,
+            max_attempts=self.settings.workers.max_attempts,
             study_uid=job.study_uid,
             series_uid=job.series_uid,
         )
         try:
             self.enqueue(request.to_message())
         except Exception as exc:  # broker down: the job stays queued, tried next tick
-            logger.warning("could not enqueue job %d: %s", job.id, exc, extra={"job": job.id})
+            logger.warning("could not enqueue job %d (%s); will try again", job.id,
+                           type(exc).__name__, extra={"job": job.id})  # fmt: skip
             return
-        self.jobs.mark_enqueued(job.id, now, count_attempt)
+        if job.enqueued_at is not None and not first:
+            logger.warning("job %d sent again: no worker took it within %.0f s", job.id,
+                           self.policy.requeue_after_seconds, extra={"job": job.id})  # fmt: skip
+        self.jobs.move(job.id, Move.SEND, now, ticket=ticket, attempts=attempts, enqueued_at=now,
+                       not_before=None)  # fmt: skip
 
-    def _collect(self, job: Job, outcome: JobOutcome, work: Path) -> None:
+    def _collect(self, job: Job, outcome: JobOutcome, attempts: int, now: float) -> None:
+        folder = self.spool.job_folder(job.id)
+        entries = []
         if outcome.status == "done":
             # Idempotent: a crash after some moves leaves those files in the outbox already.
-            moved = []
             for name in outcome.outputs:
-                if (work / OUTPUTS / name).exists():
-                    self.spool.move_to_outbox(work / OUTPUTS / name, job.id)
-                rel = self.spool.outbox_relpath(job.id, name)
-                if (self.spool.root / rel).exists():
-                    moved.append(rel)
-            self.outbox.add(job.id, moved, job.destinations)
-        self.jobs.finish(job.id, outcome.status, outcome.reason, outcome.timings, outcome.summary)
-        self.spool.remove_work(job.id)
-        log = logger.info if outcome.status != "failed" else logger.error
-        log(
-            "job %d %s%s",
-            job.id,
-            outcome.status,
-            f": {outcome.reason}" if outcome.reason else "",
-            extra={"job": job.id, "series": job.series_uid},
-        )
-        if outcome.status == "done" and self.on_results is not None:
+                entry = self._outbox_entry(job.id, name)
+                if not entry.exists():
+                    entry.take(folder.result(job.ticket, name))
+                entries.append(entry)
+            if not entries:
+                raise UnreadableResult("the worker reported done but wrote no result file")
+            self.outbox.add(job.id, [e.relpath for e in entries], job.destinations, now)
+        state = JobState(outcome.status)
+        moved = self.jobs.move(job.id, Move.FINISH, now, to=state, reason=outcome.reason,
+                               attempts=attempts, timings=outcome.timings,
+                               summary=outcome.summary, finished_at=now)  # fmt: skip
+        folder.remove()
+        if not moved:
+            return
+        log = logger.error if state == JobState.FAILED else logger.info
+        log("job %d %s%s", job.id, state.value, f": {outcome.reason}" if outcome.reason else "",
+            extra={"job": job.id, "series": job.series_uid})  # fmt: skip
+        if entries and self.on_results is not None:
             self.on_results()
 
+    def _outbox_entry(self, job_id: int, name: str) -> OutboxEntry:
+        try:
+            return self.spool.outbox_entry(job_id, name)
+        except ValueError:
+            raise BadReport("the worker reported a result file name that is not safe") from None
+
+    def _fail(self, job: Job, attempts: int, reason: str, now: float) -> None:
+        moved = self.jobs.move(job.id, Move.FINISH, now, to=JobState.FAILED, reason=reason,
+                               attempts=attempts, finished_at=now)  # fmt: skip
+        self.spool.job_folder(job.id).remove()
+        if moved:
+            logger.error("job %d failed: %s", job.id, reason, extra={"job": job.id})
+
     def requeue_unfinished(self, now: float | None = None) -> int:
-        """At start-up: send every unfinished job without a live worker again."""
-        now = time.time() if now is None else now
+        """At start-up: hand every unfinished job that no worker holds to the broker
+        again (a duplicate is harmless), and finish removals a crash cut short."""
+        now = self.clock() if now is None else now
+        self.spool.sweep_trash()
         count = 0
         for job in self.jobs.active():
-            work = self.spool.root / self.spool.work_relpath(job.id)
-            if JobOutcome.read(work) is not None:
-                continue
-            age = heartbeat_age(work, now)
-            if age is not None and age < self.settings.workers.lease_seconds:
-                continue
-            self._send(job, now, count_attempt=False)
-            count += 1
+            try:
+                report = self.spool.job_folder(job.id).report(job.ticket)
+            except BadReport:
+                continue  # the first tick fails it with the reason
+            if report.outcome is None and report.beat is None and job.ticket > 0:
+                self._send(job, job.attempts, now, first=False)
+                count += 1
+        for job_id in self.spool.job_folders():  # folders of jobs that ended meanwhile
+            found = self.jobs.get(job_id)
+            if found is None or found.ended:
+                self.spool.job_folder(job_id).remove()
         return count

@@ -1,10 +1,21 @@
-"""The durable job table: the source of truth for work (the broker is transport).
+"""The durable job table: the one owner of a job's state (the broker is transport).
 
-States::
+States and the moves between them (``MOVES`` is the whole table)::
 
-    queued ──(worker took it)──▶ running ──▶ done | skipped | failed
-       ▲                            │
-       └──(no live worker: re-enqueued, attempts + 1)
+                 send / resend
+                 ┌─────────┐
+                 ▼         │
+    create ──▶ queued ─────┘── observe ──▶ running ── observe ─┐
+                 ▲  ▲                        │  ▲─────────────────┘
+                 │  └───────── reissue ──────┘
+                 │                 (worker lost, or asked to be tried again)
+       operator retry      finish: queued | running ──▶ done | skipped | failed
+                 └───────────────────────────────────── (ended)
+
+A job changes state only through ``Jobs.move``: one ``UPDATE … WHERE state IN
+(…)`` in one transaction, so a move from a state the job has already left
+changes nothing and says so. ``attempts`` counts deliveries a worker started
+(claims), however fast the worker died; the job table is the only counter.
 
 A job is keyed by (series, rule, digest of the series' SOP Instance UIDs), so
 routing a study again creates no duplicate work for an unchanged series.
@@ -17,12 +28,44 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from dicom_node.state import Database
 
-ACTIVE = ("queued", "running")
-ENDED = ("done", "skipped", "failed")
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+ENDED = (JobState.DONE, JobState.SKIPPED, JobState.FAILED)
+
+
+class Move(Enum):
+    """A named move: the states it may leave, and the state it enters (None: the
+    state named in the call, one of ``ENDED``)."""
+
+    SEND = (ACTIVE, JobState.QUEUED)  # (re)hand the current ticket to the broker
+    OBSERVE = (ACTIVE, JobState.RUNNING)  # a worker holds the ticket (new beat)
+    REISSUE = (ACTIVE, JobState.QUEUED)  # a new ticket: worker lost, or retry asked
+    FINISH = (ACTIVE, None)
+    OPERATOR_RETRY = (ENDED, JobState.QUEUED)
+
+    @property
+    def sources(self) -> tuple[JobState, ...]:
+        return self.value[0]
+
+
+# Columns a move may set besides state and updated_at.
+_FIELDS = frozenset(
+    {"reason", "attempts", "ticket", "beat", "beat_at", "not_before", "enqueued_at",
+     "started_at", "finished_at", "timings", "summary"}
+)  # fmt: skip
 
 
 def input_digest(sop_uids: Sequence[str]) -> str:
@@ -38,9 +81,13 @@ class Job:
     pipeline: str
     inputs: list[str]
     destinations: list[str]
-    state: str
+    state: JobState
     reason: str
     attempts: int
+    ticket: int
+    beat: str
+    beat_at: float | None
+    not_before: float | None
     created_at: float
     updated_at: float
     enqueued_at: float | None
@@ -55,7 +102,12 @@ class Job:
         data.pop("input_digest", None)
         for key in ("inputs", "destinations", "timings", "summary"):
             data[key] = json.loads(data[key])
+        data["state"] = JobState(data["state"])
         return cls(**data)
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
 
 
 class Jobs:
@@ -95,6 +147,38 @@ class Jobs:
             )
             return cur.lastrowid if cur.rowcount == 1 else None
 
+    def move(
+        self,
+        job_id: int,
+        move: Move,
+        now: float,
+        to: JobState | None = None,
+        **fields: object,
+    ) -> bool:
+        """Apply ``move`` if the job is in one of the states it may leave; True when
+        it moved. ``to`` names the ended state for ``Move.FINISH``."""
+        target = move.value[1]
+        if target is None:
+            if to not in ENDED:
+                raise ValueError(f"{move.name} ends a job done, skipped or failed, not {to}")
+            target = to
+        unknown = set(fields) - _FIELDS
+        if unknown:
+            raise ValueError(f"a move cannot set {sorted(unknown)}")
+        values = {k: json.dumps(v) if k in ("timings", "summary") else v
+                  for k, v in fields.items()}  # fmt: skip
+        if "reason" in values:
+            values["reason"] = str(values["reason"])[:2000]
+        sets = "".join(f", {k} = ?" for k in values)
+        sources = ",".join("?" * len(move.sources))
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET state = ?{sets}, updated_at = ?"
+                f" WHERE id = ? AND state IN ({sources})",
+                (target.value, *values.values(), now, job_id, *(s.value for s in move.sources)),
+            )
+            return cur.rowcount == 1
+
     def get(self, job_id: int) -> Job | None:
         rows = self.db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(rows[0]) if rows else None
@@ -111,60 +195,36 @@ class Jobs:
         rows = self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
 
-    def _update(self, job_id: int, sql: str, params: tuple[object, ...]) -> None:
+    def retry(self, job_id: int, now: float | None = None) -> bool:
+        """Operator retry of an ended job: queued again, on a new ticket, with a fresh
+        attempt count. False when the job does not exist or has not ended."""
+        job = self.get(job_id)
+        if job is None:
+            return False
+        return self.move(
+            job_id,
+            Move.OPERATOR_RETRY,
+            time.time() if now is None else now,
+            reason="",
+            attempts=0,
+            ticket=job.ticket + 1,
+            beat="",
+            beat_at=None,
+            not_before=None,
+            enqueued_at=None,
+            started_at=None,
+            finished_at=None,
+        )
+
+    def note_purged(self, job_id: int, now: float | None = None) -> None:
+        """Record on an ended job that an operator purged its source images."""
         with self.db.transaction() as conn:
             conn.execute(
-                f"UPDATE jobs SET {sql}, updated_at = ? WHERE id = ?",
-                (*params, time.time(), job_id),
-            )
-
-    def mark_enqueued(self, job_id: int, now: float, count_attempt: bool) -> None:
-        self._update(
-            job_id,
-            "state = 'queued', enqueued_at = ?, attempts = attempts + ?",
-            (now, 1 if count_attempt else 0),
-        )
-
-    def mark_running(self, job_id: int, started_at: float) -> None:
-        self._update(job_id, "state = 'running', started_at = ?", (started_at,))
-
-    def finish(
-        self,
-        job_id: int,
-        state: str,
-        reason: str = "",
-        timings: dict[str, float] | None = None,
-        summary: dict[str, Any] | None = None,
-        now: float | None = None,
-    ) -> None:
-        if state not in ENDED:
-            raise ValueError(f"a job ends done, skipped or failed, not {state!r}")
-        self._update(
-            job_id,
-            "state = ?, reason = ?, timings = ?, summary = ?, finished_at = ?",
-            (
-                state,
-                reason[:2000],
-                json.dumps(timings or {}),
-                json.dumps(summary or {}),
-                time.time() if now is None else now,
-            ),
-        )
-
-    def retry(self, job_id: int) -> bool:
-        """Operator retry of an ended job: back to queued with a fresh attempt count."""
-        with self.db.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE jobs SET state = 'queued', reason = '', attempts = 0,"
-                " enqueued_at = NULL, started_at = NULL, finished_at = NULL, updated_at = ?"
+                "UPDATE jobs SET reason = reason || ?, updated_at = ?"
                 " WHERE id = ? AND state IN ('failed', 'skipped', 'done')",
-                (time.time(), job_id),
-            )
-            return cur.rowcount == 1
-
-    def note_purged(self, job_id: int) -> None:
-        """Record on an ended job that an operator purged its source images."""
-        self._update(job_id, "reason = reason || ?", (" [source images purged by operator]",))
+                (" [source images purged by operator]", time.time() if now is None else now,
+                 job_id),
+            )  # fmt: skip
 
     def busy_on(self, series_uid: str) -> bool:
         rows = self.db.query(

@@ -18,6 +18,8 @@ import signal
 import subprocess
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,19 +51,40 @@ class Backend(Protocol):
 
 
 class EmbeddedWorkers:
-    """Supervises the worker process that embedded mode runs beside the node."""
+    """Supervises the worker process that embedded mode runs beside the node.
 
-    def __init__(self, command: list[str], grace: float, pidfile: Path) -> None:
+    A worker that exits is started again after a wait that doubles with each
+    death in a row (``RESTART_BACKOFF`` up to ``MAX_RESTART_BACKOFF`` seconds) and
+    resets once a worker has stayed up for ``STABLE_SECONDS``. Every death is
+    logged; one that keeps dying is logged as such.
+    """
+
+    RESTART_BACKOFF = 1.0
+    MAX_RESTART_BACKOFF = 60.0
+    STABLE_SECONDS = 120.0
+
+    def __init__(
+        self,
+        command: list[str],
+        grace: float,
+        pidfile: Path,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.command = command
         self.grace = grace
         self.pidfile = pidfile
+        self.clock = clock
         self.proc: subprocess.Popen[bytes] | None = None
-        self._restarts: list[float] = []
+        self.deaths = 0  # in a row, without a stable run between
+        self.started_at = 0.0
+        self.restart_at: float | None = None
 
     def start(self) -> None:
         self._stop_orphan()
         self.proc = subprocess.Popen(self.command, start_new_session=True)
         self.pidfile.write_text(str(self.proc.pid))
+        self.started_at = self.clock()
+        self.restart_at = None
         logger.info("embedded worker started (pid %d)", self.proc.pid)
 
     def _stop_orphan(self) -> None:
@@ -72,7 +95,7 @@ class EmbeddedWorkers:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return
-        if b"workers" not in cmdline or b"worker" not in cmdline:
+        if b"worker" not in cmdline or b"-m" not in cmdline:
             return  # the pid was reused by something else
         logger.warning("stopping embedded worker %d left by an earlier run", pid)
         os.kill(pid, signal.SIGTERM)
@@ -83,15 +106,32 @@ class EmbeddedWorkers:
             os.killpg(pid, signal.SIGKILL)
 
     def check(self) -> None:
-        """Restart the worker if it died, at most 5 times a minute."""
-        if self.proc is None or self.proc.poll() is None:
+        """Notice a dead worker and start a new one when its backoff has passed."""
+        if self.proc is None:
             return
-        now = time.monotonic()
-        self._restarts = [t for t in self._restarts if now - t < 60] + [now]
-        if len(self._restarts) > 5:
+        now = self.clock()
+        if self.restart_at is None:
+            if self.proc.poll() is None:
+                if now - self.started_at >= self.STABLE_SECONDS:
+                    self.deaths = 0
+                return
+            self.deaths = 1 if now - self.started_at >= self.STABLE_SECONDS else self.deaths + 1
+            wait = min(self.RESTART_BACKOFF * 2 ** (self.deaths - 1), self.MAX_RESTART_BACKOFF)
+            self.restart_at = now + wait
+            code = self.proc.returncode
+            if self.deaths >= 3:
+                logger.error(
+                    "embedded worker keeps dying: exit code %s, %d deaths in a row;"
+                    " restarting in %.0f s",
+                    code,
+                    self.deaths,
+                    wait,
+                )
+            else:
+                logger.error("embedded worker exited with %s; restarting in %.0f s", code, wait)
             return
-        logger.error("embedded worker exited with %s; restarting", self.proc.returncode)
-        self.start()
+        if now >= self.restart_at:
+            self.start()
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -112,7 +152,7 @@ class Node:
         self.backend = backend
         self.spool = Spool(settings.storage.dir)
         self.spool.create()
-        self.db = Database(self.spool.database)
+        self.db = Database(settings.storage.database_path)
         self.index = Index(self.db)
         self.jobs = Jobs(self.db)
         self.outbox = Outbox(self.db)
@@ -124,7 +164,7 @@ class Node:
             dict(settings.destinations),
             settings.send,
             settings.node.ae_title,
-            scu.send,
+            scu.connect,
         )
         self.dispatcher = Dispatcher(
             settings,
@@ -179,8 +219,10 @@ class Node:
                 if time.time() - last_purge > 600:
                     last_purge = time.time()
                     purge_sources(self.index, self.spool, self.settings.storage, last_purge)
-            except Exception:
-                logger.exception("dispatcher round failed; will try again")
+            except Exception as exc:  # boundary: the dispatcher thread must not die
+                where = "".join(traceback.format_tb(exc.__traceback__)[-3:])
+                logger.error("dispatcher round failed (%s); will try again, at\n%s",
+                             type(exc).__name__, where)  # fmt: skip
             self._tick.wait(0.5)
 
     def _send_loop(self) -> None:

@@ -1,11 +1,12 @@
 """Results waiting for their destinations, and the sender that delivers them.
 
 Each (result file, destination) pair is one row: ``pending`` until the
-destination answered Success, then ``sent``; after ``send.max_attempts``
-failed tries it becomes ``dead`` (kept on disk for an operator). Between tries
-the wait doubles from ``send.initial_backoff_seconds`` up to
-``send.max_backoff_seconds``. A file is deleted only when every destination
-has stored it.
+destination answered Success, then ``sent``. A transient failure (see
+``dicom_node.errors``) is tried again, the wait doubling from
+``send.initial_backoff_seconds`` up to ``send.max_backoff_seconds``; after
+``send.max_attempts`` tries, or at once for a permanent failure, the row
+becomes ``dead``: kept on disk for an operator (``dicom-node retry
+--dead-letters``). A file is deleted only when every destination has stored it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,17 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_node.errors import (
+    PermanentError,
+    TransientError,
+    UnreadableResult,
+    classify_store_status,
+)
+from dicom_node.scu import Connection, sop_class_of
 from dicom_node.settings import Destination, SendSettings
 from dicom_node.spool import Spool
 from dicom_node.state import Database
@@ -43,22 +51,27 @@ class Outbox:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, job_id: int, paths: Sequence[str], destinations: Sequence[str]) -> None:
-        now = time.time()
+    def add(
+        self, job_id: int, paths: Sequence[str], destinations: Sequence[str], now: float
+    ) -> None:
+        """Queue each file for each destination; a file queued before (a job run
+        again by an operator) is queued afresh."""
         with self.db.transaction() as conn:
             for path in paths:
                 for dest in destinations:
                     conn.execute(
-                        "INSERT OR IGNORE INTO outbox (job_id, destination, path, state,"
-                        " next_attempt_at) VALUES (?, ?, ?, 'pending', ?)",
+                        "INSERT INTO outbox (job_id, destination, path, state, next_attempt_at)"
+                        " VALUES (?, ?, ?, 'pending', ?) ON CONFLICT (job_id, destination, path)"
+                        " DO UPDATE SET state = 'pending', attempts = 0, last_error = '',"
+                        " next_attempt_at = excluded.next_attempt_at, sent_at = NULL",
                         (job_id, dest, path, now),
                     )
 
-    def due(self, now: float) -> list[Item]:
+    def due(self, now: float, limit: int = 100) -> list[Item]:
         rows = self.db.query(
             "SELECT id, job_id, destination, path, attempts FROM outbox"
-            " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id",
-            (now,),
+            " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+            (now, limit),
         )
         return [Item(**dict(r)) for r in rows]
 
@@ -74,9 +87,11 @@ class Outbox:
             ).fetchone()[0]
         return left == 0
 
-    def mark_failed(self, item: Item, error: str, now: float, settings: SendSettings) -> str:
+    def mark_failed(
+        self, item: Item, error: str, now: float, settings: SendSettings, permanent: bool = False
+    ) -> str:
         attempts = item.attempts + 1
-        state = "dead" if attempts >= settings.max_attempts else "pending"
+        state = "dead" if permanent or attempts >= settings.max_attempts else "pending"
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?"
@@ -99,11 +114,13 @@ class Outbox:
         return {r["state"]: r["n"] for r in rows}
 
 
-SendFn = Callable[[Destination, Sequence[Path], str, float], Sequence[object]]
+Connect = Callable[[Destination, str, Iterable[str], float], Connection]
 
 
 class Sender:
-    """Delivers due outbox items, one association per destination per round."""
+    """Delivers due outbox items: per destination one association per round, files
+    read one at a time. A failure is handled by its class: a permanent one parks
+    the item at once, a transient one waits for the next try."""
 
     def __init__(
         self,
@@ -112,56 +129,74 @@ class Sender:
         destinations: dict[str, Destination],
         settings: SendSettings,
         calling_ae: str,
-        send: SendFn,
+        connect: Connect,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.outbox = outbox
         self.spool = spool
         self.destinations = destinations
         self.settings = settings
         self.calling_ae = calling_ae
-        self._send = send
+        self._connect = connect
+        self.clock = clock
         self.wake = threading.Event()
 
     def run_once(self, now: float | None = None) -> int:
         """Try every due item once; returns how many were stored."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         by_dest: dict[str, list[Item]] = defaultdict(list)
         for item in self.outbox.due(now):
             by_dest[item.destination].append(item)
-        stored = 0
-        for name, items in by_dest.items():
-            stored += self._deliver(name, items)
-        return stored
+        return sum(self._deliver(name, items) for name, items in by_dest.items())
 
     def _deliver(self, name: str, items: list[Item]) -> int:
         dest = self.destinations.get(name)
         if dest is None:
             for item in items:
-                self._failed(item, f"destination {name!r} is no longer configured")
+                self._failed(item, f"destination {name!r} is no longer configured", True)
             return 0
-        paths = [self.spool.resolve(i.path) for i in items]
+        ready: list[tuple[Item, Path]] = []
+        classes: set[str] = set()
+        for item in items:
+            try:
+                path = self.spool.outbox_entry_at(item.path).path
+                classes.add(sop_class_of(path))
+            except (UnreadableResult, ValueError) as exc:
+                self._failed(item, str(exc), True)
+                continue
+            ready.append((item, path))
+        if not ready:
+            return 0
         try:
-            results = self._send(dest, paths, self.calling_ae, self.settings.timeout_seconds)
-        except Exception as exc:  # transient: unreachable, rejected, timed out
-            for item in items:
-                self._failed(item, f"{type(exc).__name__}: {exc}")
+            connection = self._connect(dest, self.calling_ae, classes,
+                                       self.settings.timeout_seconds)  # fmt: skip
+        except (TransientError, PermanentError) as exc:
+            for item, _ in ready:
+                self._failed(item, str(exc), isinstance(exc, PermanentError))
             return 0
-        stored = 0
-        for item, result in zip(items, results, strict=True):
-            if getattr(result, "stored", False):
-                stored += 1
-                if self.outbox.mark_sent(item, time.time()):
-                    self.spool.remove(item.path)
-                logger.info("stored result", extra={"job": item.job_id, "destination": name})
-            else:
-                status = getattr(result, "status", None)
-                detail = getattr(result, "detail", "")
-                code = f"0x{status:04X}" if status is not None else "none"
-                self._failed(item, f"status {code} {detail}".strip())
-        return stored
+        try:
+            return sum(self._store(connection, item, path, name) for item, path in ready)
+        finally:
+            connection.close()
 
-    def _failed(self, item: Item, error: str) -> None:
-        state = self.outbox.mark_failed(item, error, time.time(), self.settings)
+    def _store(self, connection: Connection, item: Item, path: Path, name: str) -> int:
+        try:
+            result = connection.store(path)
+        except (TransientError, PermanentError) as exc:
+            self._failed(item, str(exc), isinstance(exc, PermanentError))
+            return 0
+        verdict = classify_store_status(result.status)
+        if verdict == "stored":
+            if self.outbox.mark_sent(item, self.clock()):
+                self.spool.outbox_entry_at(item.path).remove()
+            logger.info("stored result", extra={"job": item.job_id, "destination": name})
+            return 1
+        code = f"0x{result.status:04X}" if result.status is not None else "none"
+        self._failed(item, f"status {code} {result.detail}".strip(), verdict == "permanent")
+        return 0
+
+    def _failed(self, item: Item, error: str, permanent: bool = False) -> None:
+        state = self.outbox.mark_failed(item, error, self.clock(), self.settings, permanent)
         level = logging.ERROR if state == "dead" else logging.WARNING
         logger.log(
             level,
@@ -177,7 +212,7 @@ class Sender:
         while not stop.is_set():
             try:
                 self.run_once()
-            except Exception:
-                logger.exception("sender round failed; will try again")
+            except Exception as exc:  # boundary: the sender thread must not die
+                logger.error("sender round failed (%s); will try again", type(exc).__name__)
             self.wake.wait(poll)
             self.wake.clear()

@@ -1,94 +1,144 @@
 """C-STORE of result files to a destination (the node as Storage SCU).
 
-Only this module and ``scp`` touch pynetdicom. ``send`` opens one association
-for a batch of files and reports, per file, whether the destination answered
-Success (or a warning, which PS3.4 counts as stored).
+Only this module and ``scp`` touch pynetdicom. ``connect`` opens one
+association for a set of SOP classes; ``Connection.store`` sends one file,
+read from disk only when it is its turn, and returns the destination's status.
+Failures are raised as classes from ``dicom_node.errors``:
+
+    DestinationUnavailable   refused/timed-out connection, association aborted
+                             or rejected-transient: try again later
+    DestinationRefused       association rejected-permanent, or no presentation
+                             context accepted for the object's SOP class
+    UnreadableResult         the file is missing or not DICOM
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, evt
 
+from dicom_node.errors import DestinationRefused, DestinationUnavailable, UnreadableResult
 from dicom_node.settings import Destination
 
 logger = logging.getLogger(__name__)
 
 _TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-
-
-class SendError(Exception):
-    """The destination could not be reached or refused the association (transient)."""
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 @dataclass(frozen=True)
-class SendResult:
-    path: Path
-    stored: bool
+class StoreResult:
+    """The destination's answer to one C-STORE; ``status`` None: no answer."""
+
     status: int | None
     detail: str = ""
 
 
-def _is_stored(status: int) -> bool:
-    # 0x0000 success; 0xB000, 0xB007, 0xB006 warnings: stored with coercion/adjustments.
-    return status == 0x0000 or (status & 0xF000) == 0xB000
+class Connection(Protocol):
+    """An open association the sender stores files over."""
+
+    def store(self, path: Path) -> StoreResult: ...
+
+    def close(self) -> None: ...
 
 
-def send(
-    destination: Destination,
-    paths: Sequence[Path],
-    calling_ae: str,
-    timeout: float = 60.0,
-) -> list[SendResult]:
-    """Send ``paths`` to ``destination`` over one association."""
-    datasets = [dcmread(p) for p in paths]
+def sop_class_of(path: Path) -> str:
+    """The SOP Class UID of a result file (header only); ``UnreadableResult`` if none."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        return str(ds.SOPClassUID)
+    except (OSError, InvalidDicomError, AttributeError, ValueError, EOFError) as exc:
+        raise UnreadableResult(f"result file unreadable ({type(exc).__name__})") from None
+
+
+def _where(destination: Destination) -> str:
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def _associate(
+    destination: Destination, calling_ae: str, sop_classes: Iterable[str], timeout: float
+) -> Any:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
     ae.connection_timeout = min(timeout, 15.0)
-    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+    for sop_class in sorted(set(sop_classes)):
         ae.add_requested_context(sop_class, _TRANSFER_SYNTAXES)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    if not assoc.is_established:
-        state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        raise SendError(
-            f"association to {destination.ae_title}@{destination.host}:{destination.port} {state}"
-        )
-    results = []
-    try:
-        for path, ds in zip(paths, datasets, strict=True):
-            results.append(_store_one(assoc, path, ds))
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return results
+    answers: list[Any] = []  # the A-ASSOCIATE response primitive, kept for its Result
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        evt_handlers=[(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))],
+    )
+    if assoc.is_established:
+        return assoc
+    where = _where(destination)
+    # A-ASSOCIATE result: 0 accepted, 1 rejected-permanent, 2 rejected-transient (PS3.8 7.1.1.9)
+    results = [getattr(p, "result", None) for p in answers]
+    if assoc.is_rejected:
+        if 0x01 in results:
+            raise DestinationRefused(f"association to {where} rejected (permanent)")
+        raise DestinationUnavailable(f"association to {where} rejected (transient)")
+    if 0x00 in results:  # accepted, then aborted by us: no presentation context was accepted
+        raise DestinationRefused(f"{where} accepted none of the proposed presentation contexts")
+    state = "aborted" if assoc.is_aborted else "could not be opened"
+    raise DestinationUnavailable(f"association to {where} {state}")
 
 
-def _store_one(assoc: object, path: Path, ds: object) -> SendResult:
-    try:
-        status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
-    except (ValueError, RuntimeError) as exc:
-        return SendResult(path, False, None, f"not sent: {exc}")
-    if not status or "Status" not in status:
-        return SendResult(path, False, None, "no response (association lost or timed out)")
-    code = int(status.Status)
-    detail = str(status.get("ErrorComment", "")) if code else ""
-    return SendResult(path, _is_stored(code), code, detail)
+class PynetdicomConnection:
+    def __init__(self, assoc: Any, destination: Destination) -> None:
+        self._assoc = assoc
+        self._where = _where(destination)
+        self._accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+
+    def store(self, path: Path) -> StoreResult:
+        try:
+            ds = dcmread(path)
+        except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
+            raise UnreadableResult(f"result file unreadable ({type(exc).__name__})") from None
+        if str(ds.get("SOPClassUID", "")) not in self._accepted:
+            raise DestinationRefused(f"{self._where} accepted no presentation context for the "
+                                     "result's SOP class")  # fmt: skip
+        if not self._assoc.is_established:
+            raise DestinationUnavailable(f"association to {self._where} was lost")
+        try:
+            status = self._assoc.send_c_store(ds)
+        except (ValueError, RuntimeError) as exc:
+            raise DestinationUnavailable(f"C-STORE to {self._where} not sent "
+                                         f"({type(exc).__name__})") from None  # fmt: skip
+        if not status or "Status" not in status:
+            return StoreResult(None, "no response (association lost or timed out)")
+        code = int(status.Status)
+        return StoreResult(code, str(status.get("ErrorComment", ""))[:64] if code else "")
+
+    def close(self) -> None:
+        if self._assoc.is_established:
+            self._assoc.release()
+
+
+def connect(
+    destination: Destination, calling_ae: str, sop_classes: Iterable[str], timeout: float = 60.0
+) -> Connection:
+    """Open an association to ``destination`` proposing ``sop_classes``."""
+    return PynetdicomConnection(
+        _associate(destination, calling_ae, sop_classes, timeout), destination
+    )
 
 
 def echo(destination: Destination, calling_ae: str, timeout: float = 15.0) -> bool:
     """C-ECHO the destination; True when it answered Success."""
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    if not assoc.is_established:
+    try:
+        assoc = _associate(destination, calling_ae, [VERIFICATION], timeout)
+    except (DestinationUnavailable, DestinationRefused):
         return False
     try:
         status = assoc.send_c_echo()

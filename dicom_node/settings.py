@@ -83,6 +83,16 @@ class StorageSettings(_Section):
     dir: Path = Path("var")
     min_free_mb: Annotated[int, Field(ge=0)] = 500
     retention_hours: Annotated[float, Field(ge=0)] = 72.0
+    # The node's SQLite file; default <dir>/node.sqlite. Keep it on a local disk
+    # when ``dir`` is shared with worker hosts over NFS: workers never open it.
+    database: Path | None = None
+    # False: files 0600 and folders 0700 (the node's user only); True: the
+    # node's group may read them too (0640/0750), e.g. workers under another user.
+    group_access: bool = False
+
+    @property
+    def database_path(self) -> Path:
+        return self.database if self.database is not None else self.dir / "node.sqlite"
 
 
 class BrokerSettings(_Section):
@@ -213,9 +223,10 @@ def _describe(exc: ValidationError, root: yaml.Node | None, path: Path) -> str:
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     storage = raw.get("storage")
-    if isinstance(storage, dict) and isinstance(storage.get("dir"), str):
-        p = Path(storage["dir"]).expanduser()
-        storage["dir"] = str(p if p.is_absolute() else (base / p).resolve())
+    for key in ("dir", "database"):
+        if isinstance(storage, dict) and isinstance(storage.get(key), str):
+            p = Path(storage[key]).expanduser()
+            storage[key] = str(p if p.is_absolute() else (base / p).resolve())
 
 
 def check_pipeline_names(settings: Settings, known: set[str]) -> None:

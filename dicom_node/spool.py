@@ -3,8 +3,8 @@
     <storage.dir>/
       node.sqlite                      index, job table, outbox (see ``state``)
       spool/<study>/<series>/<sop>.dcm received instances
-      work/<job id>/                   a job's scratch: markers, outputs, outcome
-      outbox/<job id>/<name>.dcm       results waiting for their destinations
+      work/<job id>/                   a job's mailbox with its worker (``JobFolder``)
+      outbox/<job id>/<name>.dcm       results waiting for their destinations (``OutboxEntry``)
       broker/                          the embedded broker's message folders
 
 Paths are built only from validated UIDs (digits and dots, at most 64
@@ -16,10 +16,15 @@ there.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
+
+from dicom_node.errors import BadReport
+from dicom_node.jobspec import JobOutcome, WorkReport
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -46,9 +51,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, data: bytes, make_parents: bool = True) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
+
+    ``make_parents=False``: the folder must exist already (``FileNotFoundError``
+    otherwise), so a writer never re-creates a folder someone else removed.
+    """
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
@@ -68,9 +78,12 @@ class Spool:
         for sub in ("spool", "work", "outbox", "broker"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
-    @property
-    def database(self) -> Path:
-        return self.root / "node.sqlite"
+    def input_path(self, relpath: str) -> Path:
+        """A received instance named in a job message, checked to stay in the spool."""
+        path = (self.root / relpath).resolve()
+        if not path.is_relative_to((self.root / "spool").resolve()) or Path(relpath).is_absolute():
+            raise UnsafeUid("a job input is not a received instance inside storage.dir/spool")
+        return path
 
     @property
     def broker_dir(self) -> Path:
@@ -103,6 +116,9 @@ class Spool:
         return path
 
     def remove(self, relpath: str) -> None:
+        """Remove a received instance and its series/study folders once empty."""
+        if not relpath.startswith("spool/"):
+            raise UnsafeUid(f"path {relpath!r} is not a received instance")
         path = self.resolve(relpath)
         path.unlink(missing_ok=True)
         for parent in (path.parent, path.parent.parent):
@@ -112,21 +128,216 @@ class Spool:
                 break
 
     # -- jobs and results --------------------------------------------------
-    def work_relpath(self, job_id: int) -> str:
-        return f"work/{int(job_id)}"
+    def job_folder(self, job_id: int) -> JobFolder:
+        return JobFolder(self.root / "work", int(job_id))
 
-    def outbox_relpath(self, job_id: int, name: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) or name.startswith("."):
-            raise ValueError(f"result file name {name!r} is not a safe file name")
-        return f"outbox/{int(job_id)}/{name}"
+    def job_folders(self) -> list[int]:
+        """Ids of the jobs that have a work folder (for sweeping)."""
+        return sorted(int(p.name) for p in (self.root / "work").glob("[0-9]*") if p.name.isdigit())
 
-    def move_to_outbox(self, source: Path, job_id: int) -> str:
-        rel = self.outbox_relpath(job_id, source.name)
-        target = self.root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
-        fsync_dir(target.parent)
-        return rel
+    def sweep_trash(self) -> None:
+        """Finish removals a crash interrupted (see ``JobFolder.remove``)."""
+        for trash in (self.root / "work").glob(".trash-*"):
+            shutil.rmtree(trash, ignore_errors=True)
 
-    def remove_work(self, job_id: int) -> None:
-        shutil.rmtree(self.root / self.work_relpath(job_id), ignore_errors=True)
+    def outbox_entry(self, job_id: int, name: str) -> OutboxEntry:
+        return OutboxEntry(self.root, int(job_id), check_name(name))
+
+    def outbox_entry_at(self, relpath: str) -> OutboxEntry:
+        """The entry an outbox row names; refuses any other path."""
+        match = re.fullmatch(r"outbox/([0-9]{1,18})/([^/]+)", relpath)
+        if match is None:
+            raise UnsafeUid(f"outbox path {relpath!r} is not outbox/<job>/<file>")
+        return self.outbox_entry(int(match.group(1)), match.group(2))
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(name: str) -> str:
+    """A result file name: letters, digits, ``_.-``, not hidden, at most 64 characters."""
+    if not _NAME.fullmatch(name):
+        raise UnsafeUid("a result file name is not a plain file name")
+    return name
+
+
+class JobFolder:
+    """``work/<job id>/``: the mailbox between the node and the worker running a job.
+
+        claims/t<ticket>.<worker>    one file per delivery a worker started
+        t<ticket>/lock               flock held by the worker running the ticket
+        t<ticket>/beat               heartbeat token, rewritten every few seconds
+        t<ticket>/out/<name>         results
+        t<ticket>/outcome.json       written last
+
+    Who may do what: the node creates the job folder and its current ticket's
+    folder (``open_ticket``), reads reports, takes results and removes the folder.
+    A worker works only inside an existing ticket folder and never creates the job
+    folder or a ticket folder (``TicketFolder``), so a message for an ended job
+    or a superseded ticket finds nothing and leaves nothing behind.
+    """
+
+    def __init__(self, work_root: Path, job_id: int) -> None:
+        self.job_id = job_id
+        self.path = work_root / str(job_id)
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def ticket(self, number: int) -> TicketFolder:
+        return TicketFolder(self, int(number))
+
+    # -- the node's side -------------------------------------------------------
+    def open_ticket(self, number: int) -> TicketFolder:
+        """Make ``number`` the current ticket: older tickets' folders go away, so a
+        worker still running one (frozen, or cut off) fails on its next write."""
+        (self.path / "claims").mkdir(parents=True, exist_ok=True)
+        for old in self.path.glob("t*"):
+            if old.name != f"t{number}" and old.is_dir():
+                _remove_tree(old, self.path.parent)
+        ticket = self.ticket(number)
+        ticket.path.mkdir(exist_ok=True)
+        return ticket
+
+    def report(self, number: int) -> WorkReport:
+        """What the worker holding ticket ``number`` has said. ``BadReport`` when
+        its outcome cannot be parsed."""
+        ticket = self.ticket(number)
+        if not ticket.path.is_dir():
+            return WorkReport(exists=False, claims=self.claims())
+        claims = self._claim_names()
+        mine = [c for c in claims if c.startswith(f"t{number}.")]
+        beat = None
+        if mine:
+            try:
+                token = (ticket.path / "beat").read_text(encoding="ascii", errors="replace")
+            except FileNotFoundError:
+                token = ""
+            beat = f"{len(mine)}:{token[:100]}"
+        try:
+            data = (ticket.path / "outcome.json").read_bytes()
+        except FileNotFoundError:
+            return WorkReport(exists=True, claims=len(claims), beat=beat)
+        try:
+            outcome = JobOutcome.from_json(data)
+        except ValueError as exc:
+            raise BadReport(f"worker report unreadable: {exc}") from None
+        return WorkReport(exists=True, claims=len(claims), beat=beat, outcome=outcome)
+
+    def result(self, number: int, name: str) -> Path:
+        """A result file the worker reported; ``BadReport`` unless it is a plain file
+        inside the ticket's ``out`` folder."""
+        try:
+            path = self.ticket(number).out / check_name(name)
+        except UnsafeUid:
+            raise BadReport("the worker reported a result file name that is not safe") from None
+        if path.is_symlink() or not path.is_file():
+            raise BadReport("the worker reported a result file that is not in its work folder")
+        return path
+
+    def claims(self) -> int:
+        return len(self._claim_names())
+
+    def _claim_names(self) -> list[str]:
+        try:
+            return [p.name for p in (self.path / "claims").iterdir()]
+        except FileNotFoundError:
+            return []
+
+    def remove(self) -> None:
+        """Remove the folder: renamed away first, so a worker still writing fails
+        at once instead of re-creating files inside a half-deleted tree."""
+        if self.path.is_dir():
+            _remove_tree(self.path, self.path.parent)
+
+
+class TicketFolder:
+    """``work/<job>/t<ticket>/``: what a worker may touch while it runs a ticket."""
+
+    def __init__(self, job: JobFolder, number: int) -> None:
+        self.job = job
+        self.number = number
+        self.path = job.path / f"t{number}"
+
+    @property
+    def out(self) -> Path:
+        return self.path / "out"
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def has_outcome(self) -> bool:
+        return (self.path / "outcome.json").exists()
+
+    def claim(self, worker: str) -> str:
+        """Record that a delivery started (the node counts these as attempts).
+        ``FileNotFoundError`` when the ticket's job has ended or been re-issued."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", worker)[:80]
+        for n in range(1000):
+            name = f"t{self.number}.{safe}.{n}"
+            try:
+                fd = os.open(self.job.path / "claims" / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                continue
+            os.close(fd)
+            if not self.path.is_dir():  # withdrawn meanwhile: this delivery does not count
+                (self.job.path / "claims" / name).unlink(missing_ok=True)
+                raise FileNotFoundError(self.path)
+            return name
+        raise FileExistsError("too many claims by one worker")
+
+    def beat(self, token: str) -> None:
+        write_atomic(self.path / "beat", token.encode("ascii", "replace"), make_parents=False)
+
+    def write_output(self, name: str, data: bytes) -> None:
+        self.out.mkdir(exist_ok=True)  # never parents: the ticket folder must exist
+        write_atomic(self.out / check_name(name), data, make_parents=False)
+
+    def write_outcome(self, outcome: JobOutcome) -> None:
+        write_atomic(self.path / "outcome.json", outcome.to_json(), make_parents=False)
+
+
+class OutboxEntry:
+    """``outbox/<job>/<name>``: one result file waiting for its destinations."""
+
+    def __init__(self, root: Path, job_id: int, name: str) -> None:
+        self.job_id = job_id
+        self.name = name
+        self.relpath = f"outbox/{job_id}/{name}"
+        self.path = root / self.relpath
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def take(self, source: Path) -> None:
+        """Move ``source`` here durably (copy and fsync across file systems)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, self.path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            tmp = self.path.with_name(f".{self.name}.{os.getpid()}.tmp")
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+            source.unlink()
+        fsync_dir(self.path.parent)
+
+    def remove(self) -> None:
+        """Delete the file, and the job's outbox folder once empty (never ``outbox/``)."""
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:
+            pass
+
+
+def _remove_tree(path: Path, within: Path) -> None:
+    trash = within / f".trash-{path.parent.name}-{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.replace(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)

@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     state            TEXT NOT NULL,
     reason           TEXT NOT NULL DEFAULT '',
     attempts         INTEGER NOT NULL DEFAULT 0,
+    ticket           INTEGER NOT NULL DEFAULT 0,
+    beat             TEXT NOT NULL DEFAULT '',
+    beat_at          REAL,
+    not_before       REAL,
     created_at       REAL NOT NULL,
     updated_at       REAL NOT NULL,
     enqueued_at      REAL,
@@ -83,6 +87,17 @@ CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox(state, next_attempt_at);
 """
 
 
+# Columns added after the first release: (table, column, definition). Applied at
+# open by ``_migrate`` when missing; ``PRAGMA user_version`` records the schema.
+SCHEMA_VERSION = 2
+ADDED_COLUMNS = (
+    ("jobs", "ticket", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "beat", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "beat_at", "REAL"),
+    ("jobs", "not_before", "REAL"),
+)
+
+
 class Database:
     """Hands each thread its own connection to the same SQLite file."""
 
@@ -91,7 +106,21 @@ class Database:
         self._local = threading.local()
         self._write_lock = threading.Lock()
         with self._write_lock:
-            self.connection().executescript(SCHEMA)  # executescript commits by itself
+            conn = self.connection()
+            conn.executescript(SCHEMA)  # executescript commits by itself
+            self._migrate(conn)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        for table, column, definition in ADDED_COLUMNS:
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

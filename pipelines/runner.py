@@ -3,14 +3,20 @@
 Pure apart from reading the given files: no network, no job state. Errors:
 ``SeriesNotUsable`` and ``PipelineFailed`` (see ``pipelines.base``) propagate
 unchanged; a file that is not readable DICOM becomes ``SeriesNotUsable`` naming
-only the file's basename; other errors (``OSError``, ``MemoryError``) propagate
-for the worker to treat as transient.
+only the file's basename; ``OSError`` and ``MemoryError`` propagate for the
+worker to treat as transient; anything else (a defect, or data a pipeline did
+not foresee) becomes ``StageError`` naming the stage and the error's class, with
+the original as its cause (its message may quote a patient value: never show it).
+
+Malformed demographics in the source headers are emptied before the pipeline
+sees them (``pipelines.sources``), so they never fail a job.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from pipelines.base import Pipeline, ResultUids, SeriesNotUsable
+from pipelines.base import Pipeline, PipelineError, ResultUids, SeriesNotUsable
+from pipelines.sources import clean_headers
 
 # Pixel Data larger than this is read from the file only when the volume is built,
 # so a 300-slice series is not held twice in memory.
@@ -34,6 +41,26 @@ class RunResult:
     datasets: list[Dataset]
     prediction: Any
     timings: dict[str, float] = field(default_factory=dict)
+    emptied: list[str] = field(default_factory=list)  # "(0010,0030) PatientBirthDate", ...
+
+
+class StageError(Exception):
+    """An unexpected error in one stage; ``__cause__`` is the original error."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__} while {stage}")
+        self.stage = stage
+        self.error_class = type(error).__name__
+
+
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    try:
+        yield
+    except (PipelineError, OSError, MemoryError):
+        raise
+    except Exception as exc:
+        raise StageError(name, exc) from exc
 
 
 def read_series(paths: Sequence[Path]) -> list[Dataset]:
@@ -55,17 +82,23 @@ def run_series(
     """Run ``pipeline`` with a loaded ``model`` on the series stored in ``paths``."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    volume = pipeline.prepare(read_series(paths))
+    with _stage("reading the series"):
+        datasets = read_series(paths)
+        emptied = clean_headers(datasets)
+    with _stage("preparing the volume"):
+        volume = pipeline.prepare(datasets)
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    prediction = pipeline.infer(model, volume)
+    with _stage("running the model"):
+        prediction = pipeline.infer(model, volume)
     timings["infer"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    datasets = pipeline.encode(volume, prediction, uids)
+    with _stage("encoding the results"):
+        results = pipeline.encode(volume, prediction, uids)
     timings["encode"] = time.perf_counter() - start
-    return RunResult(datasets=datasets, prediction=prediction, timings=timings)
+    return RunResult(results, prediction, timings, emptied)
 
 
 def summarize(prediction: Any) -> dict[str, Any]:

@@ -5,13 +5,24 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.settings import Settings
 from workers.app import TASK_NAME, make_app
 
+if TYPE_CHECKING:
+    from workers.execute import PipelineFactories
+
 
 class CeleryBackend:
+    """``pipelines``: code pipelines beside the built-in ones, by name (a site's own,
+    or a test's); ``module``: what ``python -m`` runs for an embedded worker, so an
+    entry point that adds pipelines gets them in its embedded worker too."""
+
+    def __init__(self, pipelines: PipelineFactories | None = None, module: str = "workers") -> None:
+        self.pipelines = dict(pipelines or {})
+        self.module = module
+
     def make_enqueue(self, settings: Settings) -> Any:
         app = make_app(settings)
         queue = settings.workers.queue
@@ -28,7 +39,7 @@ class CeleryBackend:
         return enqueue
 
     def worker_command(self, settings: Settings, config: Path | None) -> list[str]:
-        command = [sys.executable, "-m", "workers", "worker"]
+        command = [sys.executable, "-m", self.module, "worker"]
         if config is not None:
             command += ["--config", str(Path(config).resolve())]
         return command
@@ -36,7 +47,7 @@ class CeleryBackend:
     def pipeline_names(self) -> set[str]:
         from pipelines.registry import BUILTIN
 
-        return set(BUILTIN)
+        return set(BUILTIN) | set(self.pipelines)
 
     def run_worker(self, settings: Settings, queues: list[str], concurrency: int | None) -> int:
         from workers.tasks import register
@@ -44,7 +55,7 @@ class CeleryBackend:
         # TensorFlow's INFO chatter off; its warnings and CUDA errors stay visible.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
         app = make_app(settings)
-        register(app, settings)
+        register(app, settings, self.pipelines)
         argv = [
             "worker",
             "--loglevel=INFO",

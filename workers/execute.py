@@ -1,13 +1,19 @@
-"""Run one job in a worker process and report through its work folder.
+"""Run one ticket of a job in a worker process and report through its work folder.
 
-    TransientError    something that may pass (I/O error, out of memory):
-                      the task is retried with backoff; on the last attempt the
-                      job ends "failed" with the reason
-    SeriesNotUsable   → outcome "skipped" with the pipeline's reason
-    PipelineFailed    → outcome "failed" with the pipeline's reason
+What a worker concludes (``JobOutcome.status``):
 
-A job delivered twice is harmless: a job with an outcome is not run again,
-and a job another worker holds (file lock) is left to it.
+    done       results written to the ticket's ``out`` folder
+    skipped    ``SeriesNotUsable``: the series does not suit the pipeline
+    failed     ``PipelineFailed``, an unknown pipeline, or an unexpected error in
+               the pipeline (reason names the stage and the error class only)
+    retry      something that may pass (I/O error, out of memory, time limit):
+               the node decides whether to issue another ticket
+
+The worker counts nothing and decides nothing about the job's life: it claims
+each delivery it starts (the node counts claims as attempts), refuses to start
+once the node's ``max_attempts`` claims exist, and does nothing for a ticket
+whose folder is gone (the job ended, or the node issued a newer ticket). It
+never creates the job's folders, so such a message leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -15,38 +21,43 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import io
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from pydicom.dataset import Dataset
 
-from dicom_node.jobspec import OUTPUTS, STARTED, JobOutcome, JobRequest
+from dicom_node.jobspec import JobOutcome, JobRequest
 from dicom_node.settings import Settings
-from dicom_node.spool import write_atomic
+from dicom_node.spool import Spool, TicketFolder, UnsafeUid
 from pipelines import registry
-from pipelines.base import PipelineFailed, SeriesNotUsable
-from pipelines.runner import run_series, summarize
+from pipelines.base import Pipeline, PipelineFailed, SeriesNotUsable
+from pipelines.runner import StageError, run_series, summarize
+from pipelines.sources import describe
 from pipelines.uids import DerivedUids
 from workers.models import ModelCache
 
 logger = logging.getLogger(__name__)
 
+PipelineFactories = Mapping[str, Callable[[], Pipeline]]
 
-class TransientError(Exception):
-    """The job may succeed if tried again."""
+
+class JobGone(Exception):
+    """The ticket's folder disappeared while running: the job ended or was re-issued."""
 
 
 @contextmanager
-def _exclusive(work: Path) -> Iterator[bool]:
-    fd = os.open(work / "lock", os.O_CREAT | os.O_RDWR, 0o644)
+def _exclusive(ticket: TicketFolder) -> Iterator[bool]:
+    """Hold the ticket's lock, or yield False if another delivery holds it.
+    ``FileNotFoundError`` when the ticket folder is gone."""
+    fd = os.open(ticket.path / "lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -59,18 +70,34 @@ def _exclusive(work: Path) -> Iterator[bool]:
 
 
 @contextmanager
-def _heartbeat(path: Path, every: float) -> Iterator[None]:
-    stop = threading.Event()
-    path.write_text(json.dumps({"worker": _worker_name(), "started_at": time.time()}))
+def _heartbeat(ticket: TicketFolder, claim: str, every: float) -> Iterator[threading.Event]:
+    """Rewrite the ticket's beat token every ``every`` seconds. The yielded event is
+    set when the ticket folder has gone (the run's results would be discarded)."""
+    stop, gone = threading.Event(), threading.Event()
 
-    def beat() -> None:
-        while not stop.wait(every):
-            os.utime(path)
+    def beat(n: int) -> None:
+        try:
+            ticket.beat(f"{claim}:{n}")
+        except FileNotFoundError:
+            gone.set()
 
-    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    def loop() -> None:
+        n = 1
+        while not stop.wait(every) and not gone.is_set():
+            try:
+                beat(n)
+            except OSError as exc:  # a hiccup of shared storage: keep beating
+                logger.warning("heartbeat not written (%s)", type(exc).__name__)
+            n += 1
+        if gone.is_set():
+            logger.warning("ticket %s of job %d was withdrawn while running", ticket.number,
+                           ticket.job.job_id)  # fmt: skip
+
+    beat(0)
+    thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
     thread.start()
     try:
-        yield
+        yield gone
     finally:
         stop.set()
         thread.join()
@@ -106,42 +133,72 @@ def _release_free_memory() -> None:
 
 
 def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def execute(
-    request: JobRequest, settings: Settings, models: ModelCache, final_attempt: bool
+    request: JobRequest,
+    settings: Settings,
+    models: ModelCache,
+    pipelines: PipelineFactories | None = None,
 ) -> JobOutcome | None:
-    """Run the job unless it already ended or another worker holds it."""
-    root = Path(settings.storage.dir)
-    work = root / request.work_dir
-    work.mkdir(parents=True, exist_ok=True)
-    if JobOutcome.read(work) is not None:
-        logger.info("job %d already has an outcome; nothing to do", request.job_id)
+    """Run ``request``'s ticket unless it is gone, concluded, held or out of attempts.
+    Returns the outcome written, or None when there was nothing to do."""
+    spool = Spool(settings.storage.dir)
+    ticket = spool.job_folder(request.job_id).ticket(request.ticket)
+    if not ticket.exists() or ticket.has_outcome():
+        logger.info("job %d ticket %d: ended or superseded; nothing to do", request.job_id,
+                    request.ticket)  # fmt: skip
         return None
-    with _exclusive(work) as mine:
-        if not mine:
-            logger.info("job %d is being run by another worker", request.job_id)
-            return None
-        with _heartbeat(work / STARTED, settings.workers.heartbeat_seconds):
-            outcome = _run(request, root, work, models, final_attempt)
-        outcome.write(work)
-    _release_free_memory()
+    try:
+        with _exclusive(ticket) as mine:
+            if not mine:
+                logger.info("job %d ticket %d is being run by another delivery", request.job_id,
+                            request.ticket)  # fmt: skip
+                return None
+            if ticket.job.claims() >= request.max_attempts:
+                logger.warning("job %d: %d attempts made; leaving it to the node to end",
+                               request.job_id, request.max_attempts)  # fmt: skip
+                return None
+            claim = ticket.claim(_worker_name())
+            with _heartbeat(ticket, claim, settings.workers.heartbeat_seconds) as gone:
+                outcome = _run(request, spool, ticket, models, pipelines or {})
+                if gone.is_set():
+                    raise JobGone
+            ticket.write_outcome(outcome)
+    except (FileNotFoundError, JobGone):
+        logger.warning("job %d ticket %d was withdrawn while running; result discarded",
+                       request.job_id, request.ticket)  # fmt: skip
+        return None
+    finally:
+        _release_free_memory()
     logger.info("job %d %s %s", request.job_id, outcome.status, outcome.reason)
     return outcome
 
 
+def _lookup(name: str, extra: PipelineFactories) -> Pipeline:
+    if name in extra:
+        return extra[name]()
+    return registry.get(name)
+
+
 def _run(
-    request: JobRequest, root: Path, work: Path, models: ModelCache, final_attempt: bool
+    request: JobRequest,
+    spool: Spool,
+    ticket: TicketFolder,
+    models: ModelCache,
+    extra: PipelineFactories,
 ) -> JobOutcome:
     def ended(status: str, reason: str) -> JobOutcome:
         return JobOutcome(status, reason, worker=_worker_name(), finished_at=time.time())  # type: ignore[arg-type]
 
     try:
-        pipeline = registry.get(request.pipeline)
+        pipeline = _lookup(request.pipeline, extra)
+        paths = [spool.input_path(p) for p in request.inputs]
     except KeyError:
         return ended("failed", f"unknown pipeline {request.pipeline!r}")
-    paths = [root / p for p in request.inputs]
+    except UnsafeUid as exc:
+        return ended("failed", str(exc))
     uids = DerivedUids(
         [Path(p).stem for p in request.inputs],
         pipeline.spec.name,
@@ -156,7 +213,9 @@ def _run(
         rss_before = _memory_mb("VmRSS")
         result = run_series(pipeline, model, paths, uids)
         written = time.perf_counter()
-        names = _write_outputs(work / OUTPUTS, result.datasets)
+        if result.emptied:
+            logger.warning("job %d: %s", request.job_id, describe(result.emptied))
+        names = _write_outputs(ticket, result.datasets)
         timings = {"model": loaded, **result.timings, "write": time.perf_counter() - written}
         memory = {"rss_before_mb": rss_before, "peak_rss_mb": _memory_mb("VmHWM")}
     except SeriesNotUsable as exc:
@@ -164,14 +223,21 @@ def _run(
     except PipelineFailed as exc:
         return ended("failed", str(exc))
     except SoftTimeLimitExceeded:
-        return ended("failed", "the job took longer than workers.task_time_limit_seconds")
+        return ended("retry", "the job took longer than workers.task_time_limit_seconds")
+    except FileNotFoundError:
+        if not ticket.exists():
+            raise
+        return ended("retry", "a file could not be read or written (FileNotFoundError)")
     except (OSError, MemoryError) as exc:
-        if not final_attempt:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-        return ended("failed", f"{type(exc).__name__} on every attempt: {exc}")
-    except Exception as exc:  # a defect or data the pipeline did not foresee
-        logger.exception("job %d: pipeline error", request.job_id)
-        return ended("failed", f"pipeline error: {type(exc).__name__}: {exc}"[:500])
+        return ended("retry", f"a transient error ({type(exc).__name__})")
+    except StageError as exc:  # a defect, or data the pipeline did not foresee
+        if isinstance(exc.__cause__, SoftTimeLimitExceeded):
+            return ended("retry", "the job took longer than workers.task_time_limit_seconds")
+        _log_defect(request.job_id, exc.stage, exc.__cause__ or exc)
+        return ended("failed", f"pipeline error while {exc.stage} ({exc.error_class})")
+    except Exception as exc:  # noqa: BLE001 - boundary: the outcome must be written
+        _log_defect(request.job_id, "running", exc)
+        return ended("failed", f"pipeline error ({type(exc).__name__})")
     return JobOutcome(
         "done",
         "",
@@ -183,14 +249,20 @@ def _run(
     )
 
 
-def _write_outputs(folder: Path, datasets: list[Dataset]) -> list[str]:
+def _log_defect(job_id: int, stage: str, exc: BaseException) -> None:
+    """The error's class and where it happened; never its message, which may quote
+    a patient value (e.g. a date pydicom could not parse)."""
+    where = "".join(traceback.format_tb(exc.__traceback__)[-4:])
+    logger.error("job %d: %s while %s, at\n%s", job_id, type(exc).__name__, stage, where)
+
+
+def _write_outputs(ticket: TicketFolder, datasets: list[Dataset]) -> list[str]:
     """Write each result as <modality>-<n>.dcm, fsync'ed; returns the file names."""
-    folder.mkdir(parents=True, exist_ok=True)
     names = []
     for n, ds in enumerate(datasets, start=1):
         name = f"{str(ds.Modality).lower()}-{n}.dcm"
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
-        write_atomic(folder / name, buffer.getvalue())
+        ticket.write_output(name, buffer.getvalue())
         names.append(name)
     return names

@@ -1,21 +1,28 @@
-"""The one Celery task: parse the message, run the job, report. Like a web view."""
+"""The one Celery task: parse the message, run the job's ticket, report. Like a web view.
+
+Celery carries the message and redelivers it when a worker process is lost
+(``acks_late`` + ``reject_on_worker_lost``); it counts nothing. Attempts are
+claims in the job's work folder, counted by the node's job table, so a job
+that kills its worker ends after ``workers.max_attempts`` however fast it dies.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, Task
 
-from dicom_node.jobspec import JobRequest
+from dicom_node.jobspec import JobRequest, MessageError
 from dicom_node.settings import Settings
 from workers.app import TASK_NAME
-from workers.execute import TransientError, execute
+from workers.execute import PipelineFactories, execute
 from workers.models import ModelCache
 
-MAX_RETRIES = 3
+logger = logging.getLogger(__name__)
 
 
-def register(app: Celery, settings: Settings) -> Any:
+def register(app: Celery, settings: Settings, pipelines: PipelineFactories | None = None) -> Any:
     models = ModelCache()
 
     @app.task(
@@ -23,16 +30,16 @@ def register(app: Celery, settings: Settings) -> Any:
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,
-        max_retries=MAX_RETRIES,
+        max_retries=0,
         soft_time_limit=settings.workers.task_time_limit_seconds,
         time_limit=settings.workers.task_time_limit_seconds + 30,
     )
-    def run_job(self: Task, message: dict[str, Any]) -> None:
-        request = JobRequest.from_message(message)
-        final = self.request.retries >= MAX_RETRIES
+    def run_job(self: Task, message: Any) -> None:
         try:
-            execute(request, settings, models, final_attempt=final)
-        except TransientError as exc:
-            raise self.retry(exc=exc, countdown=min(10 * 2**self.request.retries, 300)) from exc
+            request = JobRequest.from_message(message)
+        except MessageError as exc:
+            logger.error("dropped a malformed job message: %s", exc)
+            return
+        execute(request, settings, models, pipelines)
 
     return run_job

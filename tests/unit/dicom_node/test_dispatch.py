@@ -1,11 +1,14 @@
-"""The dispatcher with a recording enqueue (the broker is a parameter, not a patch)."""
+"""The dispatcher with a recording enqueue (the broker is a parameter, not a patch).
+
+A "worker" here writes to the work folder through the same ``TicketFolder`` API
+the real worker uses (claim, beat, outputs, outcome)."""
 
 from pathlib import Path
 
 from dicom_node.dispatch import Dispatcher
 from dicom_node.index import Index, InstanceRecord
-from dicom_node.jobs import Jobs
-from dicom_node.jobspec import OUTPUTS, STARTED, JobOutcome
+from dicom_node.jobs import Jobs, JobState
+from dicom_node.jobspec import JobOutcome
 from dicom_node.outbox import Outbox
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
@@ -58,6 +61,14 @@ def receive(d: Dispatcher, n: int, now: float, modality: str = "CT") -> None:
         )
 
 
+def worker_takes(d: Dispatcher, message: dict, name: str = "w1"):
+    """What a worker does when a delivery starts: claim it and beat once."""
+    ticket = d.spool.job_folder(message["job_id"]).ticket(message["ticket"])
+    claim = ticket.claim(name)
+    ticket.beat(f"{claim}:0")
+    return ticket
+
+
 def test_stable_study_becomes_one_enqueued_job_with_paths_not_pixels(tmp_path):
     d, sent = make(tmp_path)
     receive(d, 3, now=0.0)
@@ -67,15 +78,9 @@ def test_stable_study_becomes_one_enqueued_job_with_paths_not_pixels(tmp_path):
     [message] = sent
     assert message["pipeline"] == "lung-ct"
     assert message["inputs"] == [f"spool/1.2/1.2.3/1.2.3.{i}.dcm" for i in range(3)]
-    assert set(message) == {
-        "job_id",
-        "pipeline",
-        "inputs",
-        "work_dir",
-        "uid_root",
-        "study_uid",
-        "series_uid",
-    }
+    assert set(message) == {"job_id", "ticket", "pipeline", "inputs", "uid_root", "max_attempts",
+                            "study_uid", "series_uid"}  # fmt: skip
+    assert message["ticket"] == 1 and (tmp_path / "work/1/t1").is_dir()
 
 
 def test_unmatched_series_makes_no_job(tmp_path):
@@ -98,35 +103,33 @@ def test_late_instance_reroutes_and_runs_the_grown_series_again(tmp_path):
     assert len(sent) == 2 and len(sent[1]["inputs"]) == 4
 
 
-def test_done_outcome_moves_results_to_the_outbox_per_destination(tmp_path):
+def test_done_outcome_moves_results_to_the_outbox_and_removes_the_work_folder(tmp_path):
     d, sent = make(tmp_path)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
-    work = tmp_path / sent[0]["work_dir"]
-    (work / OUTPUTS).mkdir(parents=True)
-    (work / OUTPUTS / "seg-1.dcm").write_bytes(b"seg")
-    JobOutcome("done", outputs=["seg-1.dcm"], timings={"infer": 1.0}).write(work)
+    ticket = worker_takes(d, sent[0])
+    ticket.write_output("seg-1.dcm", b"seg")
+    ticket.write_outcome(JobOutcome("done", outputs=["seg-1.dcm"], timings={"infer": 1.0}))
     d.tick(now=12.0)
     job = d.jobs.get(sent[0]["job_id"])
-    assert job.state == "done" and job.timings == {"infer": 1.0}
+    assert job.state == "done" and job.timings == {"infer": 1.0} and job.attempts == 1
     assert (tmp_path / "outbox/1/seg-1.dcm").read_bytes() == b"seg"
     assert d.outbox.counts() == {"pending": 1}
-    assert not work.exists()
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_skipped_outcome_keeps_the_workers_reason(tmp_path):
     d, sent = make(tmp_path)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
-    JobOutcome("skipped", "(0008,0060) Modality is MR; lung-ct needs CT").write(
-        _mkdir(tmp_path / sent[0]["work_dir"])
-    )
+    ticket = worker_takes(d, sent[0])
+    ticket.write_outcome(JobOutcome("skipped", "(0008,0060) Modality is MR; lung-ct needs CT"))
     d.tick(now=12.0)
     job = d.jobs.get(sent[0]["job_id"])
     assert (job.state, job.reason) == ("skipped", "(0008,0060) Modality is MR; lung-ct needs CT")
 
 
-def test_job_nobody_took_is_enqueued_again_and_waiting_never_fails_it(tmp_path):
+def test_job_nobody_took_is_sent_again_and_waiting_never_fails_it(tmp_path):
     d, sent = make(tmp_path)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
@@ -135,34 +138,60 @@ def test_job_nobody_took_is_enqueued_again_and_waiting_never_fails_it(tmp_path):
     for n, now in enumerate((112.0, 213.0, 314.0, 415.0), start=2):
         d.tick(now=now)
         assert len(sent) == n
+    assert {m["ticket"] for m in sent} == {1}, "the same ticket: a lost message, not an attempt"
     job = d.jobs.get(sent[0]["job_id"])
-    assert (job.state, job.attempts) == ("queued", 1)
+    assert (job.state, job.attempts) == ("queued", 0)
 
 
-def test_job_whose_worker_keeps_dying_fails_after_max_attempts(tmp_path):
+def test_worker_that_dies_at_once_every_time_fails_the_job_after_max_attempts(tmp_path):
+    """A crash right after taking the job (reject_on_worker_lost redelivers at once):
+    every delivery leaves a claim, and claims are attempts."""
     d, sent = make(tmp_path)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
-    started = _mkdir(tmp_path / sent[0]["work_dir"]) / STARTED
-    for _ in range(2):
-        started.write_text("{}")
-        d.tick(now=started.stat().st_mtime + 60)
-    job = d.jobs.get(sent[0]["job_id"])
+    worker_takes(d, sent[0], "w1")
+    worker_takes(d, sent[0], "w2")  # redelivered before the node even looked
+    d.tick(now=12.0)
+    job = d.jobs.get(1)
+    assert (job.state, job.attempts) == ("running", 2)
+    d.tick(now=12.0 + 31)
+    job = d.jobs.get(1)
     assert job.state == "failed"
-    assert job.reason == "gave up after 2 attempts: its worker stopped answering"
+    assert job.reason.startswith("gave up after 2 attempt(s): its worker was lost")
+    assert list((tmp_path / "work").iterdir()) == []
 
 
-def test_running_job_with_a_dead_worker_is_enqueued_again(tmp_path):
+def test_running_job_whose_heartbeat_stops_gets_a_new_ticket(tmp_path):
     d, sent = make(tmp_path)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
-    started = _mkdir(tmp_path / sent[0]["work_dir"]) / STARTED
-    started.write_text("{}")
-    mtime = started.stat().st_mtime
-    d.tick(now=mtime + 5)
-    assert d.jobs.get(sent[0]["job_id"]).state == "running"
-    d.tick(now=mtime + 60)
-    assert len(sent) == 2 and not started.exists()
+    old = worker_takes(d, sent[0])
+    d.tick(now=20.0)
+    assert d.jobs.get(1).state == "running"
+    old.beat("w1:1")
+    d.tick(now=40.0)  # the token changed: alive, lease restarts at 40
+    d.tick(now=69.0)
+    assert len(sent) == 1
+    d.tick(now=71.0)
+    assert [m["ticket"] for m in sent] == [1, 2]
+    assert not old.exists(), "the frozen worker's ticket is withdrawn"
+    assert (d.jobs.get(1).state, d.jobs.get(1).attempts) == ("queued", 1)
+
+
+def test_retry_outcome_gets_a_new_ticket_after_a_backoff_then_fails_when_spent(tmp_path):
+    d, sent = make(tmp_path)
+    receive(d, 2, now=0.0)
+    d.tick(now=11.0)
+    worker_takes(d, sent[0]).write_outcome(JobOutcome("retry", "a transient error (OSError)"))
+    d.tick(now=12.0)
+    assert len(sent) == 1 and d.jobs.get(1).ticket == 2
+    d.tick(now=12.0 + 10.0)
+    assert [m["ticket"] for m in sent] == [1, 2]
+    worker_takes(d, sent[1]).write_outcome(JobOutcome("retry", "a transient error (OSError)"))
+    d.tick(now=30.0)
+    job = d.jobs.get(1)
+    assert (job.state, job.reason) == (
+        "failed", "gave up after 2 attempt(s): a transient error (OSError)")  # fmt: skip
 
 
 def test_broker_down_leaves_the_job_queued_for_the_next_tick(tmp_path):
@@ -181,20 +210,71 @@ def _refuse(message: dict) -> None:
     raise ConnectionError("broker unreachable")
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def test_one_bad_report_fails_that_job_and_the_others_go_on(tmp_path):
+    d, sent = make(tmp_path)
+    for series in ("1.2.3", "1.2.4", "1.2.5"):
+        d.index.record(InstanceRecord("1.2", series, f"{series}.1", CT,
+                                      f"spool/1.2/{series}/{series}.1.dcm", 1, modality="CT"),
+                       now=0.0)  # fmt: skip
+    d.tick(now=11.0)
+    assert len(sent) == 3
+    malformed = worker_takes(d, sent[0])
+    (malformed.path / "outcome.json").write_text("{ not json, PATIENT^SENTINEL")
+    escaping = worker_takes(d, sent[1])
+    escaping.write_outcome(JobOutcome("done", outputs=["../../../etc/passwd"]))
+    good = worker_takes(d, sent[2])
+    good.write_output("sr-1.dcm", b"sr")
+    good.write_outcome(JobOutcome("done", outputs=["sr-1.dcm"]))
+    d.tick(now=12.0)
+    jobs = {j.id: j for j in d.jobs.recent()}
+    assert (jobs[1].state, jobs[1].reason) == (
+        "failed", "worker report unreadable: outcome.json is not valid JSON")  # fmt: skip
+    assert (jobs[2].state, jobs[2].reason) == (
+        "failed", "the worker reported a result file name that is not safe")  # fmt: skip
+    assert jobs[3].state == "done"
+    assert d.outbox.counts() == {"pending": 1}
+    assert list((tmp_path / "work").iterdir()) == []
 
 
-def test_restart_enqueues_unfinished_jobs_but_not_ones_a_live_worker_holds(tmp_path):
+def test_done_without_the_reported_file_fails_the_job_with_a_reason(tmp_path):
+    d, sent = make(tmp_path)
+    receive(d, 2, now=0.0)
+    d.tick(now=11.0)
+    worker_takes(d, sent[0]).write_outcome(JobOutcome("done", outputs=["seg-1.dcm"]))
+    d.tick(now=12.0)
+    job = d.jobs.get(1)
+    assert (job.state, job.reason) == (
+        "failed", "the worker reported a result file that is not in its work folder")  # fmt: skip
+
+
+def test_operator_retry_of_a_done_job_sends_its_results_again(tmp_path):
+    d, sent = make(tmp_path)
+    receive(d, 2, now=0.0)
+    d.tick(now=11.0)
+    for n in (0, 1):
+        ticket = worker_takes(d, sent[n])
+        ticket.write_output("seg-1.dcm", b"seg")
+        ticket.write_outcome(JobOutcome("done", outputs=["seg-1.dcm"]))
+        d.tick(now=12.0 + n)
+        assert d.jobs.get(1).state == JobState.DONE
+        d.outbox.mark_sent(d.outbox.due(1e12)[0], 13.0 + n)
+        if n == 0:
+            assert d.jobs.retry(1)
+            d.tick(now=20.0)
+            assert [m["ticket"] for m in sent] == [1, 2]
+    assert d.outbox.counts() == {"sent": 1}
+
+
+def test_restart_sends_unfinished_jobs_again_but_not_ones_a_worker_holds(tmp_path):
     d, sent = make(tmp_path)
     receive(d, 2, now=0.0)
     d.index.record(InstanceRecord("1.2", "1.2.4", "1.2.4.1", CT, "spool/1.2/1.2.4/1.2.4.1.dcm", 1,
                                   modality="CT"), now=0.0)  # fmt: skip
     d.tick(now=11.0)
     assert len(sent) == 2
-    held = _mkdir(tmp_path / sent[1]["work_dir"]) / STARTED
-    held.write_text("{}")
+    worker_takes(d, sent[1])
+    (tmp_path / "work/77").mkdir()  # left by a job that no longer exists
     sent.clear()
-    assert d.requeue_unfinished(now=held.stat().st_mtime + 1) == 1
+    assert d.requeue_unfinished(now=12.0) == 1
     assert [m["job_id"] for m in sent] == [1]
+    assert not (tmp_path / "work/77").exists()

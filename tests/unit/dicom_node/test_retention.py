@@ -1,5 +1,5 @@
 from dicom_node.index import Index, InstanceRecord
-from dicom_node.jobs import Jobs
+from dicom_node.jobs import Jobs, JobState, Move
 from dicom_node.retention import purge_sources
 from dicom_node.settings import StorageSettings
 from dicom_node.spool import Spool
@@ -23,7 +23,7 @@ def test_images_are_purged_after_retention_once_jobs_ended_but_failures_are_kept
     for series, state in (("1.2.3", "done"), ("1.2.4", "failed")):
         job = jobs.create(study_uid="1.2", series_uid=series, rule="r", pipeline="p",
                           sop_uids=[series], inputs=[], destinations=[])  # fmt: skip
-        jobs.finish(job, state, "why")
+        jobs.move(job, Move.FINISH, 0.0, to=JobState(state), reason="why")
     settings = StorageSettings(retention_hours=1)
     assert purge_sources(index, spool, settings, now=1800.0) == 0, "not yet an hour"
     assert purge_sources(index, spool, settings, now=3601.0) == 1

@@ -30,6 +30,37 @@ def test_paths_from_the_database_cannot_leave_the_storage_folder(tmp_path):
         Spool(tmp_path).resolve("../outside.dcm")
 
 
-def test_result_names_must_be_plain_file_names(tmp_path):
-    with pytest.raises(ValueError, match="not a safe file name"):
-        Spool(tmp_path).outbox_relpath(1, "../x.dcm")
+@pytest.mark.parametrize("name", ["../x.dcm", ".hidden", "a/b.dcm", "", "x" * 65, "seg\n.dcm"])
+def test_result_names_must_be_plain_file_names(tmp_path, name):
+    with pytest.raises(ValueError, match="not a plain file name"):
+        Spool(tmp_path).outbox_entry(1, name)
+
+
+@pytest.mark.parametrize("path", ["outbox", "outbox/1", "outbox/../x", "spool/1/2/3.dcm"])
+def test_outbox_rows_cannot_name_other_paths(tmp_path, path):
+    with pytest.raises(UnsafeUid, match="is not outbox/<job>/<file>"):
+        Spool(tmp_path).outbox_entry_at(path)
+
+
+def test_removing_the_last_result_of_a_job_keeps_the_outbox_folder(tmp_path):
+    spool = Spool(tmp_path)
+    spool.create()
+    entry = spool.outbox_entry(3, "seg-1.dcm")
+    source = tmp_path / "work-file"
+    source.write_bytes(b"x")
+    entry.take(source)
+    assert entry.exists() and not source.exists()
+    entry.remove()
+    assert not (tmp_path / "outbox/3").exists() and (tmp_path / "outbox").is_dir()
+
+
+def test_a_worker_never_recreates_a_withdrawn_ticket_folder(tmp_path):
+    folder = Spool(tmp_path).job_folder(5)
+    ticket = folder.open_ticket(1)
+    claim = ticket.claim("w")
+    folder.open_ticket(2)  # the node re-issued the job: ticket 1 is withdrawn
+    for write in (lambda: ticket.beat(f"{claim}:1"), lambda: ticket.write_output("seg-1.dcm", b"x"),
+                  lambda: ticket.claim("w")):  # fmt: skip
+        with pytest.raises(FileNotFoundError):
+            write()
+    assert sorted(p.name for p in folder.path.iterdir()) == ["claims", "t2"]

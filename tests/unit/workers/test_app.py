@@ -7,7 +7,7 @@ from celery import Celery
 
 from dicom_node.settings import Settings
 from workers.app import TASK_NAME, make_app
-from workers.tasks import MAX_RETRIES, register
+from workers.tasks import register
 
 
 def settings(tmp_path, url: str = "embedded") -> Settings:
@@ -21,7 +21,7 @@ def test_late_acks_prefetch_one_and_redelivery_on_worker_loss(tmp_path, url):
     task = register(app, s)
     assert task.name == TASK_NAME
     assert task.acks_late and task.reject_on_worker_lost
-    assert task.max_retries == MAX_RETRIES
+    assert task.max_retries == 0, "attempts are counted by the node, not by Celery"
     assert task.soft_time_limit == s.workers.task_time_limit_seconds
     assert task.time_limit > task.soft_time_limit
     assert app.conf.worker_prefetch_multiplier == 1

@@ -1,7 +1,8 @@
-"""The worker's job runner on real files, without a broker: outcomes, idempotency, locks."""
+"""The worker's job runner on real files, without a broker: outcomes, no-ops, locks, claims."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 from pathlib import Path
@@ -10,8 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.jobspec import OUTCOME, OUTPUTS, STARTED, JobOutcome, JobRequest
+from dicom_node.jobspec import JobRequest
 from dicom_node.settings import Settings
+from dicom_node.spool import Spool
 from tests.support.ct_series import SeriesOptions, write_ct_series
 from workers.execute import execute
 from workers.models import ModelCache
@@ -37,13 +39,16 @@ def cache() -> CountingCache:
 
 
 def request_for(tmp_path: Path, hu: np.ndarray, pipeline: str = "lung-ct", **opts) -> JobRequest:
-    series = write_ct_series(tmp_path / "spool", hu, SeriesOptions(**opts))
+    """A job with its work folder opened by "the node" (ticket 1), as the dispatcher does."""
+    series = write_ct_series(tmp_path / "spool" / "1.2" / "1.2.3", hu, SeriesOptions(**opts))
+    Spool(tmp_path).job_folder(7).open_ticket(1)
     return JobRequest(
         job_id=7,
+        ticket=1,
         pipeline=pipeline,
         inputs=[str(p.relative_to(tmp_path)) for p in series.paths],
-        work_dir="work/7",
         uid_root="1.2.826.0.1.3680043.8.498.",
+        max_attempts=3,
     )
 
 
@@ -59,66 +64,105 @@ def small_chest() -> np.ndarray:
 
 def test_done_job_writes_seg_and_sr_then_the_outcome(tmp_path, cache):
     req = request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2))
-    outcome = execute(req, settings(tmp_path), cache, final_attempt=False)
+    outcome = execute(req, settings(tmp_path), cache)
     assert outcome is not None and outcome.status == "done", outcome
-    work = tmp_path / "work/7"
-    modalities = sorted(pydicom.dcmread(work / OUTPUTS / n).Modality for n in outcome.outputs)
+    folder = Spool(tmp_path).job_folder(7)
+    modalities = sorted(pydicom.dcmread(folder.result(1, n)).Modality for n in outcome.outputs)
     assert modalities == ["SEG", "SR"]
-    assert JobOutcome.read(work) == outcome
+    report = folder.report(1)
+    assert report.outcome == outcome and report.claims == 1 and report.beat is not None
     assert set(outcome.timings) >= {"load", "infer", "encode", "write"}
     assert set(outcome.summary) >= {"right", "left", "peak_rss_mb"}
-    assert (work / STARTED).exists()
 
 
 def test_model_is_loaded_once_per_process(tmp_path, cache):
     for n in range(2):
         req = request_for(tmp_path / str(n), small_chest(), spacing=(5.0, 1.2, 1.2))
-        execute(req, settings(tmp_path / str(n)), cache, final_attempt=False)
+        execute(req, settings(tmp_path / str(n)), cache)
     assert cache.loads == 1
 
 
-def test_redelivered_job_with_an_outcome_is_not_run_again(tmp_path, cache):
+def test_message_for_an_ended_job_is_a_no_op_that_leaves_nothing(tmp_path, cache):
     req = request_for(tmp_path, np.full((3, 16, 16), -1000, np.int16))
-    work = tmp_path / "work/7"
-    work.mkdir(parents=True)
-    JobOutcome("skipped", "earlier run").write(work)
-    assert execute(req, settings(tmp_path), cache, final_attempt=False) is None
-    assert JobOutcome.read(work).reason == "earlier run"
+    Spool(tmp_path).job_folder(7).remove()
+    assert execute(req, settings(tmp_path), cache) is None
+    assert list((tmp_path / "work").iterdir()) == []
 
 
-def test_job_held_by_another_worker_is_left_to_it(tmp_path, cache):
+def test_message_for_a_superseded_ticket_is_a_no_op(tmp_path, cache):
     req = request_for(tmp_path, np.full((3, 16, 16), -1000, np.int16))
-    work = tmp_path / "work/7"
-    work.mkdir(parents=True)
-    fd = os.open(work / "lock", os.O_CREAT | os.O_RDWR)
+    Spool(tmp_path).job_folder(7).open_ticket(2)
+    assert execute(req, settings(tmp_path), cache) is None
+    assert Spool(tmp_path).job_folder(7).claims() == 0
+
+
+def test_ticket_held_by_another_delivery_is_left_to_it(tmp_path, cache):
+    req = request_for(tmp_path, np.full((3, 16, 16), -1000, np.int16))
+    ticket = Spool(tmp_path).job_folder(7).ticket(1)
+    fd = os.open(ticket.path / "lock", os.O_CREAT | os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        assert execute(req, settings(tmp_path), cache, final_attempt=False) is None
-        assert not (work / OUTCOME).exists()
+        assert execute(req, settings(tmp_path), cache) is None
+        assert not ticket.has_outcome() and ticket.job.claims() == 0
     finally:
         os.close(fd)
+
+
+def test_no_delivery_starts_once_the_attempts_are_spent(tmp_path, cache):
+    req = request_for(tmp_path, np.full((3, 16, 16), -1000, np.int16))
+    ticket = Spool(tmp_path).job_folder(7).ticket(1)
+    for n in range(3):
+        ticket.claim(f"dead-worker-{n}")
+    assert execute(req, settings(tmp_path), cache) is None
+    assert ticket.job.claims() == 3 and not ticket.has_outcome()
 
 
 def test_series_without_lungs_is_skipped_with_a_reason(tmp_path, cache):
     hu = np.full((4, 64, 64), -1000, np.int16)
     hu[:, 8:56, 8:56] = 40  # a block of soft tissue: a body with no lung
-    outcome = execute(request_for(tmp_path, hu), settings(tmp_path), cache, final_attempt=False)
+    outcome = execute(request_for(tmp_path, hu), settings(tmp_path), cache)
     assert outcome.status == "skipped"
     assert "no lung found" in outcome.reason
 
 
 def test_unknown_pipeline_fails_with_a_reason(tmp_path, cache):
     req = request_for(tmp_path, np.zeros((2, 8, 8), np.int16), pipeline="liver-mr")
-    outcome = execute(req, settings(tmp_path), cache, final_attempt=False)
+    outcome = execute(req, settings(tmp_path), cache)
     assert (outcome.status, outcome.reason) == ("failed", "unknown pipeline 'liver-mr'")
 
 
-def test_missing_input_file_is_transient_until_the_last_attempt(tmp_path, cache):
-    from workers.execute import TransientError
+def test_input_outside_the_spool_is_refused(tmp_path, cache):
+    req = request_for(tmp_path, np.zeros((2, 8, 8), np.int16))
+    for ticket, bad in enumerate(("/etc/passwd", "spool/../node.sqlite", "work/7/t1/lock"), 2):
+        Spool(tmp_path).job_folder(7).open_ticket(ticket)  # as the node would for a new try
+        message = dataclasses.replace(req, inputs=[bad], ticket=ticket, max_attempts=9)
+        outcome = execute(message, settings(tmp_path), cache)
+        assert outcome.status == "failed" and "inside storage.dir/spool" in outcome.reason
 
+
+def test_missing_input_file_asks_the_node_to_retry(tmp_path, cache):
     req = request_for(tmp_path, np.zeros((3, 8, 8), np.int16))
     (tmp_path / req.inputs[0]).unlink()
-    with pytest.raises(TransientError, match="FileNotFoundError"):
-        execute(req, settings(tmp_path), cache, final_attempt=False)
-    outcome = execute(req, settings(tmp_path), cache, final_attempt=True)
-    assert outcome.status == "failed" and "FileNotFoundError" in outcome.reason
+    outcome = execute(req, settings(tmp_path), cache)
+    assert (outcome.status, outcome.reason) == (
+        "retry", "a file could not be read or written (FileNotFoundError)")  # fmt: skip
+
+
+def test_malformed_demographics_are_left_out_and_never_fail_the_job(tmp_path, cache):
+    req = request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2))
+    for path in req.inputs:
+        ds = pydicom.dcmread(tmp_path / path)
+        ds.PatientBirthDate = "1970-01-01"
+        ds.PatientSex = "m"
+        ds.PatientAge = "45"
+        ds.StudyDate = "2024/03/05"
+        ds.PatientName = "SENTINEL^\x07BELL"
+        ds.save_as(tmp_path / path)
+    outcome = execute(req, settings(tmp_path), cache)
+    assert outcome is not None and outcome.status == "done", outcome
+    folder = Spool(tmp_path).job_folder(7)
+    for name in outcome.outputs:
+        result = pydicom.dcmread(folder.result(1, name))
+        assert result.PatientBirthDate == "" and result.PatientSex == ""
+        assert result.StudyDate == "" and str(result.PatientName) == ""
+        assert result.PatientID == pydicom.dcmread(tmp_path / req.inputs[0]).PatientID

@@ -1,0 +1,116 @@
+"""Malformed demographics in source headers: left out of results, never fatal.
+
+Hospital data holds values that break their VR: ``1970-01-01`` as a DA, ``m``
+as a CS, ages without a unit, control characters in names. highdicom copies
+the patient and study modules from the sources into every result and parses
+them by VR, so one such value would fail the whole job, with the value quoted
+in the exception text.
+
+``clean_headers`` looks at the demographic attributes of each source dataset
+(the patient group 0010, the study, visit and physician attributes below, and
+the items of their sequences) and empties every value that its VR does not
+allow. A valid value is copied into the results as it is; an invalid one is
+left out (an empty value, since most are Type 2). It returns the attributes it
+emptied by tag and keyword, never their values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from pydicom import config
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, DT, TM, validate_value
+
+# Demographic attributes outside group 0010 that results copy.
+STUDY_KEYWORDS = frozenset({
+    "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID",
+    "StudyDescription", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime",
+    "AcquisitionDateTime", "ContentDate", "ContentTime", "InstitutionName",
+    "InstitutionAddress", "InstitutionalDepartmentName", "OperatorsName",
+    "PerformingPhysicianName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician", "AdmittingDiagnosesDescription", "ReasonForTheRequestedProcedure",
+})  # fmt: skip
+DEMOGRAPHIC_GROUPS = frozenset({0x0010, 0x0032, 0x0038})
+_TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}
+# Control characters: ESC is allowed in every string VR (ISO 2022 code extensions);
+# the text VRs (LT, ST, UT) also allow TAB, LF, FF and CR.
+_CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"})
+_TEXT_VRS = frozenset({"LT", "ST", "UT", "UC"})
+
+
+def _is_demographic(elem: DataElement) -> bool:
+    return elem.tag.group in DEMOGRAPHIC_GROUPS or elem.keyword in STUDY_KEYWORDS
+
+
+def _values(elem: DataElement) -> list[object]:
+    value = elem.value
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return list(value)
+    return [value]
+
+
+def _valid(elem: DataElement) -> bool:
+    vr = str(elem.VR)
+    for value in _values(elem):
+        text = str(value)
+        if vr in _TEXT_VRS:
+            if _TEXT_CONTROL.search(text):
+                return False
+            continue
+        if vr not in _STRING_VRS:
+            continue
+        if _CONTROL.search(text):
+            return False
+        try:
+            validate_value(vr, text, config.RAISE)
+            if vr in _TEMPORAL:
+                _TEMPORAL[vr](text)
+        except (ValueError, TypeError, OverflowError):
+            return False
+    return True
+
+
+def _clean(ds: Dataset, found: set[str], depth: int) -> None:
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            if depth < 4 and _is_demographic(elem):
+                for item in elem.value:
+                    _clean_all(item, found, depth + 1)
+            continue
+        if (depth > 0 or _is_demographic(elem)) and not _valid(elem):
+            elem.value = None
+            found.add(f"({elem.tag.group:04X},{elem.tag.element:04X}) {keyword_for_tag(elem.tag)}")
+
+
+def _clean_all(ds: Dataset, found: set[str], depth: int) -> None:
+    """Inside a demographic sequence every attribute counts as demographic."""
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            if depth < 4:
+                for item in elem.value:
+                    _clean_all(item, found, depth + 1)
+        elif not _valid(elem):
+            elem.value = None
+            found.add(f"({elem.tag.group:04X},{elem.tag.element:04X}) {keyword_for_tag(elem.tag)}")
+
+
+def clean_headers(datasets: Iterable[Dataset]) -> list[str]:
+    """Empty malformed demographic values in place; returns "(gggg,eeee) Keyword" of
+    each attribute emptied in any dataset, sorted."""
+    found: set[str] = set()
+    for ds in datasets:
+        _clean(ds, found, 0)
+    return sorted(found)
+
+
+def describe(emptied: Sequence[str]) -> str:
+    """A log line's worth: which attributes were left out (no values)."""
+    return "malformed values left out of the results: " + ", ".join(emptied)
