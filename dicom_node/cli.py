@@ -174,10 +174,12 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
         "recent_jobs": [
             {
                 "id": j.id,
-                "state": j.state,
+                "state": j.state.value,
                 "rule": j.rule,
                 "pipeline": j.pipeline,
+                "study_uid": j.study_uid,
                 "series_uid": j.series_uid,
+                "ticket": j.ticket,
                 "instances": len(j.inputs),
                 "attempts": j.attempts,
                 "reason": j.reason,
@@ -189,6 +191,7 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
             }
             for j in jobs.recent(limit)
         ],
+        "outbox_waiting": outbox.waiting(limit),
     }
     db.close()
     if as_json:
@@ -201,6 +204,9 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
     for j in report["recent_jobs"]:
         reason = f"  {j['reason']}" if j["reason"] else _measured(j["summary"])
         print(f"  job {j['id']:>5} {j['state']:<8} {j['pipeline']:<12} {j['series_uid']}{reason}")
+    for w in report["outbox_waiting"]:
+        print(f"  result {w['path']} → {w['destination']}: {w['state']}, {w['attempts']} tries,"
+              f" {w['last_error'] or 'not tried yet'}")  # fmt: skip
     return 0
 
 

@@ -109,6 +109,15 @@ class Outbox:
             )
             return cur.rowcount
 
+    def waiting(self, limit: int = 20) -> list[dict[str, object]]:
+        """Items not yet stored (pending or dead), with their last error, oldest first."""
+        rows = self.db.query(
+            "SELECT job_id, destination, path, state, attempts, next_attempt_at, last_error"
+            " FROM outbox WHERE state != 'sent' ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [dict(r) for r in rows]
+
     def counts(self) -> dict[str, int]:
         rows = self.db.query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
         return {r["state"]: r["n"] for r in rows}

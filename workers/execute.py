@@ -42,7 +42,7 @@ from pipelines.base import Pipeline, PipelineFailed, SeriesNotUsable
 from pipelines.runner import StageError, run_series, summarize
 from pipelines.sources import describe
 from pipelines.uids import DerivedUids
-from workers.models import ModelCache
+from workers.models import ModelCache, ModelLoadFailed
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,8 @@ def _run(
         return ended("failed", str(exc))
     except SoftTimeLimitExceeded:
         return ended("retry", "the job took longer than workers.task_time_limit_seconds")
+    except ModelLoadFailed as exc:
+        return ended("retry", f"the model could not be loaded ({exc}); a fresh process will try")
     except FileNotFoundError:
         if not ticket.exists():
             raise

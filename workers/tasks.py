@@ -9,6 +9,7 @@ that kills its worker ends after ``workers.max_attempts`` however fast it dies.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery, Task
@@ -41,5 +42,12 @@ def register(app: Celery, settings: Settings, pipelines: PipelineFactories | Non
             logger.error("dropped a malformed job message: %s", exc)
             return
         execute(request, settings, models, pipelines)
+        if models.broken:
+            # A model load cut short can leave TensorFlow half-imported in this process,
+            # and every later job would fail. Leave now: the pool starts a clean process,
+            # and this message (not acked) comes back as a no-op, since its ticket
+            # already has an outcome.
+            logger.error("model loading was interrupted; replacing this worker process")
+            os._exit(70)
 
     return run_job

@@ -83,7 +83,7 @@ def test_check_config_echo_reports_each_destination(tmp_path):
 
 def test_purge_deletes_a_failed_jobs_images_and_notes_it(tmp_path):
     from dicom_node.index import Index, InstanceRecord
-    from dicom_node.jobs import Jobs
+    from dicom_node.jobs import Jobs, JobState, Move
     from dicom_node.spool import Spool
     from dicom_node.state import Database
 
@@ -97,8 +97,11 @@ def test_purge_deletes_a_failed_jobs_images_and_notes_it(tmp_path):
     job = jobs.create(study_uid="1.2", series_uid="1.2.3", rule="r", pipeline="lung-ct",
                       sop_uids=["1.2.3.1"], inputs=[rel], destinations=[])  # fmt: skip
     running = dicom_node("purge", "--config", "config.yaml", "--job", str(job), cwd=tmp_path)
-    assert running.returncode == 1 and "has not ended" in running.stderr
-    jobs.finish(job, "failed", "pipeline error: ValueError")
+    assert running.returncode == 1
+    assert "job 1 is queued; purge it once it has ended" in running.stderr
+    retry = dicom_node("retry", "--config", "config.yaml", "--job", str(job), cwd=tmp_path)
+    assert retry.returncode == 1 and "only an ended job can be run again" in retry.stderr
+    jobs.move(job, Move.FINISH, 1.0, to=JobState.FAILED, reason="pipeline error (ValueError)")
     result = dicom_node("purge", "--config", "config.yaml", "--job", str(job), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 source image(s) of series 1.2.3 purged" in result.stdout

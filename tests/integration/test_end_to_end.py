@@ -7,10 +7,6 @@ node runs from the shipped config.yaml with only contract keys changed.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +16,7 @@ import pytest
 import yaml
 
 from tests.support.ct_series import SENTINEL_PATIENT, SeriesOptions, write_ct_series
-from tests.support.peers import NodeProcess, Orthanc, Redis, Storescp, require, storescu
+from tests.support.peers import NodeProcess, Orthanc, Redis, Storescp, storescu
 from tests.support.phantom import make_chest_phantom
 from tests.support.results import LEFT_LUNG, RIGHT_LUNG, dice, seg_labels, sr_measurements
 from tests.support.validators import errors_in_seg, errors_in_sr
@@ -142,39 +138,6 @@ def test_redis_mode_runs_inference_in_separate_worker_processes(tmp_path, phanto
     assert codes[0] == 0, node.log()
 
 
-def test_flushed_redis_loses_no_job(tmp_path, phantom):
-    """The job table is the truth: a job whose message vanished is enqueued again."""
-    redis = Redis(tmp_path / "redis").start()
-    archive = Storescp(tmp_path / "archive").start()
-    config = shipped_config(archive.aet, archive.port)
-    config["broker"] = {"url": redis.url}
-    config["workers"] = {"requeue_after_seconds": 3}
-    node = NodeProcess(tmp_path / "node", config).start()
-    worker = NodeProcess(tmp_path / "node", config, command="worker", port=node.port)
-    try:
-        small = phantom.hu[::3]
-        series = write_ct_series(
-            tmp_path / "ct", small, SeriesOptions(spacing=(7.5, *phantom.spacing[1:]))
-        )
-        assert storescu(node.port, series.paths).returncode == 0
-        wait_for(lambda: node.status()["jobs"].get("queued"), 60, "the job to be queued")
-        wait_for(lambda: "job 1 queued" in node.log(), 30, "the job to be enqueued")
-        subprocess.run(
-            [require("redis-cli"), "-p", str(redis.port), "FLUSHALL"],
-            check=True,
-            capture_output=True,
-        )
-        worker.start()
-        wait_for(lambda: node.status()["jobs"].get("done"), 180, "the job to finish")
-        assert "enqueued again" in node.log()
-        wait_for(lambda: len(archive.files()) >= 2, 60, "results at the archive")
-    finally:
-        codes = (node.stop(), worker.stop())
-        archive.stop()
-        redis.stop()
-    assert codes[0] == 0
-
-
 def test_results_wait_in_the_outbox_until_the_archive_comes_up(tmp_path, phantom):
     archive = Storescp(tmp_path / "archive")  # not started yet
     config = shipped_config(archive.aet, archive.port)
@@ -258,31 +221,3 @@ def test_node_killed_mid_job_comes_back_and_still_delivers(tmp_path, phantom):
         code = node.stop()
         archive.stop()
     assert code == 0, node.log()
-
-
-def test_worker_process_killed_mid_job_gets_the_job_again(tmp_path, phantom):
-    """Redis mode: SIGKILL the process running the job; acks_late with
-    reject_on_worker_lost puts the message back and a fresh process finishes it."""
-    redis = Redis(tmp_path / "redis").start()
-    archive = Storescp(tmp_path / "archive").start()
-    config = shipped_config(archive.aet, archive.port)
-    config["broker"] = {"url": redis.url}
-    node = NodeProcess(tmp_path / "node", config).start()
-    worker = NodeProcess(tmp_path / "node", config, command="worker", port=node.port).start()
-    try:
-        series = write_ct_series(
-            tmp_path / "ct", phantom.hu, SeriesOptions(spacing=phantom.spacing)
-        )
-        assert storescu(node.port, series.paths).returncode == 0
-        started = node.folder / "var" / "work" / "1" / "started.json"
-        wait_for(started.exists, 120, "a worker to take the job", poll=0.02)
-        pid = int(json.loads(started.read_text())["worker"].rsplit(":", 1)[1])
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: node.status()["jobs"].get("done"), 240, "the job to finish anyway")
-        wait_for(lambda: len(archive.files()) >= 2, 60, "results at the archive")
-        assert "WorkerLostError" in worker.log()
-    finally:
-        codes = (node.stop(), worker.stop())
-        archive.stop()
-        redis.stop()
-    assert codes[0] == 0

@@ -40,6 +40,16 @@ def count_instances(node: NodeProcess) -> int:
     return int(node.status()["index"]["instances"])
 
 
+def test_what_the_node_stores_is_readable_by_its_user_only(node, series):
+    assert storescu(node.port, series.paths[:1]).returncode == 0
+    var = node.folder / "var"
+    instance = var / "spool" / series.study_uid / series.series_uid / f"{series.sop_uids[0]}.dcm"
+    for path in (instance, var / "node.sqlite"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    for path in (var / "spool", instance.parent, var / "work", var / "outbox"):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+
+
 def test_echo_answers_success(node):
     assert echoscu(node.port).returncode == 0
 

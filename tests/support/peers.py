@@ -25,6 +25,8 @@ import yaml
 
 from tests.support.wait import wait_for
 
+REPO = Path(__file__).resolve().parents[2]
+
 # Debian's dcmtk leaves Nagle's algorithm on: ~22 instances/s without this.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -242,6 +244,9 @@ class NodeProcess:
     command: str = "serve"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    module: str = "workers"  # what `python -m` runs (tests.support.fault_node adds faults)
+    log_name: str = ""
+    tree: Path = REPO  # the checkout whose code runs (benchmarks compare two)
 
     @property
     def config_path(self) -> Path:
@@ -249,7 +254,7 @@ class NodeProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.folder / f"{self.command}.log"
+        return self.folder / (self.log_name or f"{self.command}.log")
 
     def write_config(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -260,10 +265,11 @@ class NodeProcess:
         self.write_config()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", self.command, "--config", str(self.config_path)],
+            [sys.executable, "-m", self.module, self.command, "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.folder,
+            env={**os.environ, "PYTHONPATH": str(self.tree)},
         )
         if wait_listening and self.command == "serve":
             wait_for(self._listening, 60, "the node to listen")
@@ -280,14 +286,15 @@ class NodeProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "workers", *args, "--config", str(self.config_path)],
+            [sys.executable, "-m", self.module, *args, "--config", str(self.config_path)],
             capture_output=True,
             text=True,
             timeout=120,
+            env={**os.environ, "PYTHONPATH": str(self.tree)},
         )
 
-    def status(self) -> dict[str, Any]:
-        result = self.cli("status", "--json")
+    def status(self, limit: int = 20) -> dict[str, Any]:
+        result = self.cli("status", "--json", "--limit", str(limit))
         assert result.returncode == 0, result.stderr
         return dict(json.loads(result.stdout))
 

@@ -1,0 +1,63 @@
+"""Pipelines that misbehave on purpose, for the fault-injection tests.
+
+They are handed to the real entry point as a parameter
+(``workers.entry.main(argv, pipelines=FAULTS)``, see ``tests.support.fault_node``),
+never patched into the registry. Each wraps the real lung pipeline, so the model
+loads and the results are real when they do not fail.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from pipelines.base import PipelineSpec, Volume
+from pipelines.lung import LungCT
+
+# Looks like a patient value on purpose: it must never reach a log, reason or status.
+LEAKY_MESSAGE = "Unable to convert 'SENTINEL-PID-0001' to 'DA' object"
+SLOW_SECONDS = 4.0
+
+
+def _spec(name: str) -> PipelineSpec:
+    base = LungCT.spec
+    return PipelineSpec(name, base.version, base.modalities, base.min_instances, base.outputs)
+
+
+class Raises(LungCT):
+    spec = _spec("fault-raise")
+
+    def infer(self, model: Any, volume: Volume) -> Any:
+        raise ValueError(LEAKY_MESSAGE)
+
+
+class Hangs(LungCT):
+    spec = _spec("fault-hang")
+
+    def infer(self, model: Any, volume: Volume) -> Any:
+        while True:  # until the soft time limit interrupts it
+            time.sleep(0.2)
+
+
+class Aborts(LungCT):
+    spec = _spec("fault-abort")
+
+    def infer(self, model: Any, volume: Volume) -> Any:
+        os.abort()  # as a TensorFlow CHECK failure or the OOM killer would end the process
+
+
+class Slow(LungCT):
+    """The real lung pipeline, with inference that takes a few seconds: long enough
+    to kill or freeze its worker in the middle of it."""
+
+    spec = _spec("slow-lung")
+
+    def infer(self, model: Any, volume: Volume) -> Any:
+        deadline = time.monotonic() + SLOW_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        return super().infer(model, volume)
+
+
+FAULTS = {p.spec.name: p for p in (Raises, Hangs, Aborts, Slow)}
