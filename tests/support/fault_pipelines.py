@@ -25,14 +25,21 @@ def _spec(name: str) -> PipelineSpec:
     return PipelineSpec(name, base.version, base.modalities, base.min_instances, base.outputs)
 
 
-class Raises(LungCT):
+class _NoModel(LungCT):
+    """Fails before any model is needed: no TensorFlow load, so no cold start."""
+
+    def load_model(self) -> Any:
+        return None
+
+
+class Raises(_NoModel):
     spec = _spec("fault-raise")
 
     def infer(self, model: Any, volume: Volume) -> Any:
         raise ValueError(LEAKY_MESSAGE)
 
 
-class Hangs(LungCT):
+class Hangs(_NoModel):
     spec = _spec("fault-hang")
 
     def infer(self, model: Any, volume: Volume) -> Any:
@@ -40,7 +47,7 @@ class Hangs(LungCT):
             time.sleep(0.2)
 
 
-class Aborts(LungCT):
+class Aborts(_NoModel):
     spec = _spec("fault-abort")
 
     def infer(self, model: Any, volume: Volume) -> Any:
