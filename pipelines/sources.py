@@ -78,25 +78,15 @@ def _valid(elem: DataElement) -> bool:
     return True
 
 
-def _clean(ds: Dataset, found: set[str], depth: int) -> None:
+def _clean(ds: Dataset, found: set[str], depth: int, inside: bool) -> None:
+    """``inside``: ``ds`` is an item of a demographic sequence, where every
+    attribute counts as demographic."""
     for elem in list(ds):
-        if elem.VR == "SQ":
-            if depth < 4 and _is_demographic(elem):
-                for item in elem.value:
-                    _clean_all(item, found, depth + 1)
+        if not (inside or _is_demographic(elem)):
             continue
-        if (depth > 0 or _is_demographic(elem)) and not _valid(elem):
-            elem.value = None
-            found.add(f"({elem.tag.group:04X},{elem.tag.element:04X}) {keyword_for_tag(elem.tag)}")
-
-
-def _clean_all(ds: Dataset, found: set[str], depth: int) -> None:
-    """Inside a demographic sequence every attribute counts as demographic."""
-    for elem in list(ds):
         if elem.VR == "SQ":
-            if depth < 4:
-                for item in elem.value:
-                    _clean_all(item, found, depth + 1)
+            for item in elem.value if depth < 4 else ():
+                _clean(item, found, depth + 1, inside=True)
         elif not _valid(elem):
             elem.value = None
             found.add(f"({elem.tag.group:04X},{elem.tag.element:04X}) {keyword_for_tag(elem.tag)}")
@@ -107,7 +97,7 @@ def clean_headers(datasets: Iterable[Dataset]) -> list[str]:
     each attribute emptied in any dataset, sorted."""
     found: set[str] = set()
     for ds in datasets:
-        _clean(ds, found, 0)
+        _clean(ds, found, 0, inside=False)
     return sorted(found)
 
 
