@@ -23,7 +23,11 @@ def header(**values: object) -> Dataset:
 def test_valid_values_are_kept_as_they_are():
     ds = header()
     assert clean_headers([ds]) == []
-    assert (ds.PatientBirthDate, ds.PatientSex, str(ds.PatientName)) == ("19700101", "F", "Doe^Jane")
+    assert (ds.PatientBirthDate, ds.PatientSex, str(ds.PatientName)) == (
+        "19700101",
+        "F",
+        "Doe^Jane",
+    )
 
 
 def test_values_their_vr_does_not_allow_are_emptied_and_named_by_tag():
