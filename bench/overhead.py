@@ -107,6 +107,9 @@ def main() -> None:
             measure(tmp, node, archive, hu, 1, "warm")
             measure(tmp, node, archive, hu, 1, "one")
             measure(tmp, node, archive, hu, args.studies, "many")
+        except AssertionError:
+            print(node.log()[-3000:], worker.log()[-3000:], sep="\n")
+            raise
         finally:
             node.stop()
             worker.stop()

@@ -290,6 +290,7 @@ class NodeProcess:
             capture_output=True,
             text=True,
             timeout=120,
+            cwd=self.folder,  # not the caller's folder: `-m` puts the cwd first on sys.path
             env={**os.environ, "PYTHONPATH": str(self.tree)},
         )
 
