@@ -36,10 +36,10 @@ STUDY_KEYWORDS = frozenset({
 })  # fmt: skip
 DEMOGRAPHIC_GROUPS = frozenset({0x0010, 0x0032, 0x0038})
 _TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}
-# Control characters: ESC is allowed in every string VR (ISO 2022 code extensions);
-# the text VRs (LT, ST, UT) also allow TAB, LF, FF and CR.
-_CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
-_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+# Control characters: the text VRs (LT, ST, UT, UC) allow TAB, LF, FF and CR; ESC is
+# allowed only where SpecificCharacterSet declares ISO 2022 code extensions.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"})
 _TEXT_VRS = frozenset({"LT", "ST", "UT", "UC"})
 
@@ -57,10 +57,10 @@ def _values(elem: DataElement) -> list[object]:
     return [value]
 
 
-def _valid(elem: DataElement) -> bool:
+def _valid(elem: DataElement, iso2022: bool) -> bool:
     vr = str(elem.VR)
     for value in _values(elem):
-        text = str(value)
+        text = str(value).replace("\x1b", "") if iso2022 else str(value)
         if vr in _TEXT_VRS:
             if _TEXT_CONTROL.search(text):
                 return False
@@ -78,7 +78,7 @@ def _valid(elem: DataElement) -> bool:
     return True
 
 
-def _clean(ds: Dataset, found: set[str], depth: int, inside: bool) -> None:
+def _clean(ds: Dataset, found: set[str], depth: int, inside: bool, iso2022: bool) -> None:
     """``inside``: ``ds`` is an item of a demographic sequence, where every
     attribute counts as demographic."""
     for elem in list(ds):
@@ -86,8 +86,8 @@ def _clean(ds: Dataset, found: set[str], depth: int, inside: bool) -> None:
             continue
         if elem.VR == "SQ":
             for item in elem.value if depth < 4 else ():
-                _clean(item, found, depth + 1, inside=True)
-        elif not _valid(elem):
+                _clean(item, found, depth + 1, True, iso2022)
+        elif not _valid(elem, iso2022):
             elem.value = None
             found.add(f"({elem.tag.group:04X},{elem.tag.element:04X}) {keyword_for_tag(elem.tag)}")
 
@@ -97,7 +97,8 @@ def clean_headers(datasets: Iterable[Dataset]) -> list[str]:
     each attribute emptied in any dataset, sorted."""
     found: set[str] = set()
     for ds in datasets:
-        _clean(ds, found, 0, inside=False)
+        iso2022 = "ISO 2022" in str(ds.get("SpecificCharacterSet", ""))
+        _clean(ds, found, 0, False, iso2022)
     return sorted(found)
 
 

@@ -52,3 +52,11 @@ def test_items_of_demographic_sequences_are_checked_and_other_attributes_are_not
     assert clean_headers([ds]) == ["(0010,0020) PatientID"]
     assert ds.OtherPatientIDsSequence[0].PatientID in (None, "")
     assert ds.Modality == "ct", "not demographic: the pipeline's own checks speak for it"
+
+
+def test_escape_sequences_are_kept_only_where_the_character_set_declares_iso_2022():
+    plain = header(PatientName="Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B")
+    assert clean_headers([plain]) == ["(0010,0010) PatientName"]
+    japanese = header(PatientName="Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B")
+    japanese.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    assert clean_headers([japanese]) == []

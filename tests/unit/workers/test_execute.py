@@ -15,6 +15,7 @@ from dicom_node.jobspec import JobRequest
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from tests.support.ct_series import SeriesOptions, write_ct_series
+from tests.support.validators import errors_in_seg, errors_in_sr
 from workers.execute import execute
 from workers.models import ModelCache
 
@@ -156,7 +157,7 @@ def test_malformed_demographics_are_left_out_and_never_fail_the_job(tmp_path, ca
         ds.PatientSex = "m"
         ds.PatientAge = "45"
         ds.StudyDate = "2024/03/05"
-        ds.PatientName = "SENTINEL^\x07BELL"
+        ds.PatientName = "SENTINEL^\x07BELL\x1b"
         ds.save_as(tmp_path / path)
     outcome = execute(req, settings(tmp_path), cache)
     assert outcome is not None and outcome.status == "done", outcome
@@ -166,3 +167,6 @@ def test_malformed_demographics_are_left_out_and_never_fail_the_job(tmp_path, ca
         assert result.PatientBirthDate == "" and result.PatientSex == ""
         assert result.StudyDate == "" and str(result.PatientName) == ""
         assert result.PatientID == pydicom.dcmread(tmp_path / req.inputs[0]).PatientID
+        path = folder.result(1, name)
+        errors = errors_in_seg(path) if result.Modality == "SEG" else errors_in_sr(path)
+        assert errors == [], errors
