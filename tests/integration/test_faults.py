@@ -262,6 +262,21 @@ def test_flushed_redis_with_jobs_queued_and_running_loses_nothing(site):
     all_ended(site)
 
 
+def test_restarted_redis_with_jobs_queued_and_running_loses_nothing(site):
+    """Redis keeps nothing on disk here: a restart loses every message, and the node
+    and workers must reconnect by themselves."""
+    studies = [site.push(f"SLOW redis restart {n}") for n in range(2)]
+    site.running_pid(studies[0])
+    site.redis.stop()
+    site.redis.start()
+    for study in studies:
+        assert site.ended(study, timeout=240)["state"] == "done"
+        site.one_seg_and_sr(study)
+    follow = site.push("NORMAL after redis restart")
+    site.one_seg_and_sr(follow, timeout=120)
+    all_ended(site)
+
+
 def test_node_killed_with_jobs_queued_finishes_them_after_restart(site):
     studies = [site.push(f"SLOW node kill {n}") for n in range(2)]
     wait_for(lambda: all(site.job_of(s) is not None for s in studies), 60, "jobs to exist")
