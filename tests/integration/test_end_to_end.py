@@ -138,30 +138,6 @@ def test_redis_mode_runs_inference_in_separate_worker_processes(tmp_path, phanto
     assert codes[0] == 0, node.log()
 
 
-def test_results_wait_in_the_outbox_until_the_archive_comes_up(tmp_path, phantom):
-    archive = Storescp(tmp_path / "archive")  # not started yet
-    config = shipped_config(archive.aet, archive.port)
-    config["send"] = {"initial_backoff_seconds": 1, "max_backoff_seconds": 2}
-    node = NodeProcess(tmp_path / "node", config).start()
-    try:
-        series = write_ct_series(
-            tmp_path / "ct", phantom.hu[::4], SeriesOptions(spacing=(10.0, *phantom.spacing[1:]))
-        )
-        assert storescu(node.port, series.paths).returncode == 0
-        wait_for(lambda: node.status()["jobs"].get("done"), 180, "the job to finish")
-        wait_for(lambda: "will retry" in node.log(), 30, "a failed send attempt")
-        outbox = node.folder / "var" / "outbox"
-        assert len(list(outbox.rglob("*.dcm"))) == 2, "kept until stored"
-        archive.start()
-        wait_for(lambda: len(archive.files()) == 2, 60, "delivery after the archive came up")
-        wait_for(lambda: not list(outbox.rglob("*.dcm")), 30, "outbox files deleted after Success")
-        assert_valid(archive.files())
-    finally:
-        code = node.stop()
-        archive.stop()
-    assert code == 0
-
-
 def test_series_the_pipeline_cannot_use_end_skipped_with_a_reason(tmp_path, phantom):
     archive = Storescp(tmp_path / "archive").start()
     config = shipped_config(archive.aet, archive.port)
