@@ -8,11 +8,10 @@ counted once and does not change the revision.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
-from dicom_node.state import Database
+from dicom_node.state import Connection, Database
 
 
 @dataclass(frozen=True)
@@ -75,6 +74,7 @@ class Index:
         the same instance stored under another path, which the caller removes."""
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
+            self.db.lock(conn, f"instance {rec.sop_uid}")  # two nodes, one UID: one at a time
             old = conn.execute(
                 "SELECT path, series_uid FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
             ).fetchone()
@@ -106,18 +106,18 @@ class Index:
             return True, replaced
 
     @staticmethod
-    def _count(conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
+    def _count(conn: Connection, rec: InstanceRecord, now: float) -> None:
         conn.execute(
             "INSERT INTO studies (study_uid, revision, first_received, last_received)"
             " VALUES (?, 1, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
-            " revision = revision + 1, last_received = excluded.last_received",
+            " revision = studies.revision + 1, last_received = excluded.last_received",
             (rec.study_uid, now, now),
         )
         conn.execute(
             "INSERT INTO series (series_uid, study_uid, modality, body_part, description,"
             " protocol_name, manufacturer, sop_class_uid, instances, last_received)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT(series_uid) DO UPDATE SET"
-            " instances = instances + 1, last_received = excluded.last_received",
+            " instances = series.instances + 1, last_received = excluded.last_received",
             (
                 rec.series_uid,
                 rec.study_uid,

@@ -95,6 +95,8 @@ class Job:
     finished_at: float | None
     timings: dict[str, float]
     summary: dict[str, Any]
+    queue: str = "default"
+    lane: str = "normal"
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -125,14 +127,18 @@ class Jobs:
         inputs: Sequence[str],
         destinations: Sequence[str],
         now: float | None = None,
+        queue: str = "default",
+        lane: str = "normal",
     ) -> int | None:
-        """Add a queued job; None when the same job (same inputs) already exists."""
+        """Add a queued job; None when the same job (same inputs) already exists.
+        ``queue`` names the workers' device class, ``lane`` its priority lane."""
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO jobs (study_uid, series_uid, rule, pipeline, input_digest,"
-                " inputs, destinations, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            row = conn.execute(
+                "INSERT INTO jobs (study_uid, series_uid, rule, pipeline, input_digest,"
+                " inputs, destinations, state, created_at, updated_at, queue, lane)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+                " ON CONFLICT (series_uid, rule, input_digest) DO NOTHING RETURNING id",
                 (
                     study_uid,
                     series_uid,
@@ -143,9 +149,11 @@ class Jobs:
                     json.dumps(list(destinations)),
                     now,
                     now,
+                    queue,
+                    lane,
                 ),
-            )
-            return cur.lastrowid if cur.rowcount == 1 else None
+            ).fetchone()
+            return int(row[0]) if row is not None else None
 
     def move(
         self,

@@ -40,6 +40,8 @@ class JobRequest:
     max_attempts: int
     study_uid: str = ""
     series_uid: str = ""
+    queue: str = "default"  # device class (dicom_node.lanes)
+    lane: str = "normal"
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +63,8 @@ class JobRequest:
                 max_attempts=int(message["max_attempts"]),
                 study_uid=str(message.get("study_uid", "")),
                 series_uid=str(message.get("series_uid", "")),
+                queue=str(message.get("queue", "default")),
+                lane=str(message.get("lane", "normal")),
             )
         except KeyError as exc:
             raise MessageError(f"job message has no field {exc.args[0]!r}") from None

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from dicom_node.state import is_postgres_url
+
 DEFAULT_AE_TITLE = "DICOM-NODE"
 
 
@@ -83,16 +85,27 @@ class StorageSettings(_Section):
     dir: Path = Path("var")
     min_free_mb: Annotated[int, Field(ge=0)] = 500
     retention_hours: Annotated[float, Field(ge=0)] = 72.0
-    # The node's SQLite file; default <dir>/node.sqlite. Keep it on a local disk
-    # when ``dir`` is shared with worker hosts over NFS: workers never open it.
-    database: Path | None = None
+    # The node's tables: a SQLite file (default <dir>/node.sqlite; keep it on a
+    # local disk, never on NFS: workers never open it) or a PostgreSQL URL,
+    # postgresql://user@host:5432/dbname, which several receiving nodes can share.
+    database: str | None = None
     # False: files 0600 and folders 0700 (the node's user only); True: the
     # node's group may read them too (0640/0750), e.g. workers under another user.
     group_access: bool = False
 
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and not is_postgres_url(value):
+            raise ValueError("expected a SQLite file path or a postgresql://… URL")
+        return value
+
     @property
-    def database_path(self) -> Path:
-        return self.database if self.database is not None else self.dir / "node.sqlite"
+    def database_target(self) -> str | Path:
+        """A ``postgresql://`` URL, or the SQLite file's path."""
+        if self.database is None:
+            return self.dir / "node.sqlite"
+        return self.database if is_postgres_url(self.database) else Path(self.database)
 
 
 class BrokerSettings(_Section):
@@ -223,9 +236,12 @@ def _describe(exc: ValidationError, root: yaml.Node | None, path: Path) -> str:
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     storage = raw.get("storage")
+    if not isinstance(storage, dict):
+        return
     for key in ("dir", "database"):
-        if isinstance(storage, dict) and isinstance(storage.get(key), str):
-            p = Path(storage[key]).expanduser()
+        value = storage.get(key)
+        if isinstance(value, str) and "://" not in value:
+            p = Path(value).expanduser()
             storage[key] = str(p if p.is_absolute() else (base / p).resolve())
 
 

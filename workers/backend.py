@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dicom_node.lanes import DEFAULT_DEVICE, LANES, consumed, queue_name
 from dicom_node.settings import Settings
 from workers.app import TASK_NAME, make_app
 
@@ -25,13 +26,15 @@ class CeleryBackend:
 
     def make_enqueue(self, settings: Settings) -> Any:
         app = make_app(settings)
-        queue = settings.workers.queue
+        base = settings.workers.queue
 
         def enqueue(message: dict[str, Any]) -> None:
+            # Embedded mode has one worker for every device class; lanes still apply.
+            device = DEFAULT_DEVICE if settings.broker.embedded else message["queue"]
             app.send_task(
                 TASK_NAME,
                 args=[message],
-                queue=queue,
+                queue=queue_name(base, device, message["lane"]),
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1},
             )
@@ -49,11 +52,24 @@ class CeleryBackend:
 
         return set(BUILTIN) | set(self.pipelines)
 
-    def run_worker(self, settings: Settings, queues: list[str], concurrency: int | None) -> int:
+    def run_worker(
+        self,
+        settings: Settings,
+        devices: list[str],
+        concurrency: int | None,
+        lanes: tuple[str, ...] = LANES,
+        gpu: int | None = None,
+    ) -> int:
+        """Consume the lanes of ``devices`` in lane order. ``gpu``: this process
+        (and its pool) sees only that GPU, with TensorFlow's memory growth on."""
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         from workers.tasks import register
 
         # TensorFlow's INFO chatter off; its warnings and CUDA errors stay visible.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+        queues = consumed(settings.workers.queue, devices, lanes)
         app = make_app(settings)
         register(app, settings, self.pipelines)
         argv = [
@@ -65,7 +81,9 @@ class CeleryBackend:
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
-            "--hostname=dicom-node@%h",
+            f"--hostname=dicom-node-{'-'.join(devices)}{'' if gpu is None else f'-gpu{gpu}'}@%h",
         ]
+        if not settings.broker.embedded:
+            argv.append("--task-events")  # for Flower and `celery events`
         app.worker_main(argv)
         return 0
