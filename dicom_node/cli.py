@@ -199,6 +199,8 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
                 "state": j.state.value,
                 "rule": j.rule,
                 "pipeline": j.pipeline,
+                "queue": j.queue,
+                "lane": j.lane,
                 "study_uid": j.study_uid,
                 "series_uid": j.series_uid,
                 "ticket": j.ticket,
@@ -208,6 +210,7 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
                 "timings": j.timings,
                 "summary": j.summary,
                 "created_at": j.created_at,
+                "enqueued_at": j.enqueued_at,
                 "started_at": j.started_at,
                 "finished_at": j.finished_at,
             }

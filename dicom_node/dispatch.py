@@ -99,6 +99,8 @@ class Dispatcher:
             sop_uids=[sop for sop, _ in files],
             inputs=[path for _, path in files],
             destinations=rule.destinations,
+            queue=rule.queue,
+            lane=rule.lane,
         )
         if job_id is None:
             return 0

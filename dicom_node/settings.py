@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from dicom_node.lanes import DEFAULT_DEVICE, check_device
 from dicom_node.state import is_postgres_url
 
 DEFAULT_AE_TITLE = "DICOM-NODE"
@@ -169,6 +170,9 @@ class Rule(_Section):
     match: list[Match]
     pipeline: str
     destinations: list[str] = Field(default_factory=list)
+    # Which workers run it (a device class, e.g. gpu or cpu) and in which lane.
+    queue: Annotated[str, AfterValidator(check_device)] = DEFAULT_DEVICE
+    lane: Literal["urgent", "normal", "offpeak"] = "normal"
 
     @field_validator("match", mode="before")
     @classmethod
