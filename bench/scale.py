@@ -46,7 +46,8 @@ SPACING = (5.0, 1.2, 1.2)
 def config(archive: Storescp, redis: Redis, database: str | None = None) -> dict[str, Any]:
     def rule(name: str, description: str, lane: str) -> dict[str, Any]:
         return {"name": name, "match": {"Modality": "CT", "SeriesDescription": description},
-                "pipeline": "lung-ct", "destinations": ["archive"], "lane": lane}  # fmt: skip
+                "run": [{"pipeline": "lung-ct", "lane": lane}],
+                "destinations": ["archive"]}  # fmt: skip
 
     storage: dict[str, Any] = {"dir": "var"}
     if database is not None:

@@ -10,9 +10,17 @@ always takes from the first non-empty queue in that list. With one message
 prefetched per process (``worker_prefetch_multiplier=1``, late ack), an
 urgent job queued behind a backlog is the next one any free worker starts.
 
-Separate queues, not broker message priorities: they behave the same on Redis
-and on the embedded file-system transport, and ``celery inspect`` and Flower
-show each lane's queue by name.
+A rule's ``priority`` (0-9, 9 first) orders jobs within their lane. On Redis
+it becomes the message's broker priority: kombu keeps one list per priority
+step and pops the lowest step of all consumed queues first, so the steps are
+split into one band per lane (urgent 0-2, normal 3-6, off-peak 7-9) and a
+job's step is its lane's band, higher priority first. Lanes stay strict, and
+priority orders within a lane in as many levels as its band has steps. The
+embedded file-system transport has no priorities: there, lanes alone order
+the work (see ``docs/operations.md``).
+
+Separate queues per lane as well as bands: ``celery inspect`` and Flower show
+each lane's queue by name, and the file-system transport has lanes too.
 """
 
 from __future__ import annotations
@@ -23,6 +31,17 @@ LANES = ("urgent", "normal", "offpeak")
 DEFAULT_DEVICE = "default"
 DEFAULT_LANE = "normal"
 _DEVICE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+# (first step, steps) of each lane's band of kombu priority steps (0 is taken first).
+BANDS = {"urgent": (0, 3), "normal": (3, 4), "offpeak": (7, 3)}
+PRIORITY_STEPS = list(range(10))
+
+
+def broker_priority(lane: str, priority: int) -> int:
+    """The kombu priority step of a job: its lane's band, higher ``priority`` first."""
+    first, steps = BANDS[check_lane(lane)]
+    return first + (9 - min(max(priority, 0), 9)) * steps // 10
 
 
 def check_device(value: str) -> str:

@@ -82,6 +82,10 @@ class _Conn:
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Cursor:
         return self.raw.execute(to_psycopg(statement), tuple(params))  # type: ignore[arg-type]
 
+    def executemany(self, statement: str, params: Sequence[Sequence[Any]]) -> None:
+        with self.raw.cursor() as cursor:
+            cursor.executemany(to_psycopg(statement), [tuple(p) for p in params])  # type: ignore[arg-type]
+
 
 class PostgresDatabase:
     transient_errors: tuple[type[BaseException], ...] = (

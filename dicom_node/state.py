@@ -109,8 +109,14 @@ ADDED_COLUMNS: tuple[tuple[int, str, str, str], ...] = (
     (2, "jobs", "beat", "TEXT NOT NULL DEFAULT ''"),
     (2, "jobs", "beat_at", "{real}"),
     (2, "jobs", "not_before", "{real}"),
+    # 3: routing rules (header facts, triggers, per-run queue, lane, priority, parameters)
+    (3, "series", "facts", "TEXT NOT NULL DEFAULT '{{}}'"),
+    (3, "series", "first_received", "{real}"),
+    (3, "series", "released_at", "{real}"),
     (3, "jobs", "queue", "TEXT NOT NULL DEFAULT 'default'"),
     (3, "jobs", "lane", "TEXT NOT NULL DEFAULT 'normal'"),
+    (3, "jobs", "priority", "{big} NOT NULL DEFAULT 5"),
+    (3, "jobs", "parameters", "TEXT NOT NULL DEFAULT '{{}}'"),
 )
 SCHEMA_VERSION = max(version for version, *_ in ADDED_COLUMNS)
 
@@ -140,6 +146,7 @@ class Cursor(Protocol):
 
 class Connection(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
 
 
 class Database(Protocol):

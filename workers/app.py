@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from dicom_node.lanes import DEFAULT_DEVICE, DEFAULT_LANE, queue_name
+from dicom_node.lanes import DEFAULT_DEVICE, DEFAULT_LANE, PRIORITY_STEPS, queue_name
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 
@@ -33,8 +33,11 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
         }
     return settings.broker.url, {
         "visibility_timeout": visibility_timeout(settings),
-        # Take from the first non-empty queue in the order given (lanes.consumed).
+        # Take from the first non-empty queue in the order given (lanes.consumed),
+        # lowest priority step first across them (lanes.broker_priority).
         "queue_order_strategy": "priority",
+        "priority_steps": PRIORITY_STEPS,
+        "sep": ":",
     }
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dicom_node.lanes import DEFAULT_DEVICE, LANES, consumed, queue_name
+from dicom_node.lanes import DEFAULT_DEVICE, LANES, broker_priority, consumed, queue_name
 from dicom_node.settings import Settings
 from workers.app import TASK_NAME, make_app
 
@@ -28,13 +28,20 @@ class CeleryBackend:
         app = make_app(settings)
         base = settings.workers.queue
 
-        def enqueue(message: dict[str, Any]) -> None:
+        def enqueue(
+            message: dict[str, Any],
+            *,
+            queue: str = DEFAULT_DEVICE,
+            lane: str = "normal",
+            priority: int = 5,
+        ) -> None:
             # Embedded mode has one worker for every device class; lanes still apply.
-            device = DEFAULT_DEVICE if settings.broker.embedded else message["queue"]
+            device = DEFAULT_DEVICE if settings.broker.embedded else queue
             app.send_task(
                 TASK_NAME,
                 args=[message],
-                queue=queue_name(base, device, message["lane"]),
+                queue=queue_name(base, device, lane),
+                priority=broker_priority(lane, priority),
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1},
             )

@@ -23,10 +23,11 @@ ENDED = {"done", "skipped", "failed"}
 
 
 def rule(
-    name: str, description: str, queue: str, lane: str, pipeline: str = "pause"
+    name: str, description: str, queue: str, lane: str, pipeline: str = "pause", priority: int = 5
 ) -> dict[str, Any]:
+    run = {"pipeline": pipeline, "queue": queue, "lane": lane, "priority": priority}
     return {"name": name, "match": {"Modality": "CT", "SeriesDescription": description},
-            "pipeline": pipeline, "queue": queue, "lane": lane}  # fmt: skip
+            "run": [run]}  # fmt: skip
 
 
 @dataclass
@@ -84,6 +85,7 @@ def lanes(tmp_path: Path) -> Iterator[Lanes]:
         "rules": [
             rule("research", "BACKLOG.*", "default", "offpeak"),
             rule("routine", "ROUTINE.*", "default", "normal"),
+            rule("routine-first", "FIRST.*", "default", "normal", priority=8),
             rule("stroke", "STROKE.*", "default", "urgent"),
             rule("on-gpu", "GPU.*", "gpu", "normal"),
             rule("on-cpu", "CPU.*", "cpu", "normal"),
@@ -104,17 +106,19 @@ def lanes(tmp_path: Path) -> Iterator[Lanes]:
 def test_urgent_study_overtakes_a_queued_backlog(lanes: Lanes):
     backlog = [lanes.push("BACKLOG research") for _ in range(3)]
     routine = lanes.push("ROUTINE chest")
-    for study in (*backlog, routine):
+    first = lanes.push("FIRST routine")  # normal lane, priority 8 of 9
+    for study in (*backlog, routine, first):
         lanes.wait_state(study, {"queued"})
     stroke = lanes.push("STROKE protocol")  # sent last, behind the whole backlog in Redis
     lanes.wait_state(stroke, {"queued"})
     wait_for(lambda: all(j["enqueued_at"] for j in lanes.jobs().values()), 30, "all enqueued")
     lanes.worker()  # one worker process, default device class, every lane
-    for study in (*backlog, routine, stroke):
+    for study in (*backlog, routine, first, stroke):
         lanes.wait_state(study, {"skipped"})
     jobs = lanes.jobs()
     order = sorted(jobs, key=lambda s: jobs[s]["started_at"])
-    assert order == [stroke, routine, *backlog], "urgent, then normal, then off-peak"
+    assert order[:3] == [stroke, first, routine], "urgent, then normal by priority"
+    assert order[3:] == backlog, "off-peak last, first in first out"
     assert (jobs[stroke]["queue"], jobs[stroke]["lane"]) == ("default", "urgent")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from dicom_node.lanes import consumed, queue_name
+from dicom_node.lanes import LANES, broker_priority, consumed, queue_name
 from dicom_node.settings import Settings
 from workers.app import TASK_NAME, make_app
 from workers.tasks import register
@@ -59,3 +59,11 @@ def test_lanes_are_consumed_urgent_first_for_every_device_class():
         queue_name("q", "GPU 1", "normal")
     with pytest.raises(ValueError, match="lane is one of"):
         queue_name("q", "gpu", "asap")
+
+
+def test_priority_orders_jobs_within_a_lane_and_never_across_lanes():
+    steps = {lane: [broker_priority(lane, p) for p in range(9, -1, -1)] for lane in LANES}
+    for lane, order in steps.items():
+        assert order == sorted(order), f"{lane}: a higher priority is taken first"
+    assert max(steps["urgent"]) < min(steps["normal"])
+    assert max(steps["normal"]) < min(steps["offpeak"]) and max(steps["offpeak"]) <= 9
