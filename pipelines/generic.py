@@ -119,7 +119,7 @@ def check_accepts(manifest: Manifest, datasets: Sequence[Dataset]) -> None:
     accepts, name = manifest.accepts, manifest.name
     if len(datasets) < accepts.min_slices:
         raise SeriesNotUsable(
-            f"{name} needs at least {accepts.min_slices} images, the series has {len(datasets)}"
+            f"{name} needs at least {accepts.min_slices} slices, the series has {len(datasets)}"
         )
     for index, ds in enumerate(datasets):
         modality = str(ds.get("Modality", ""))

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,6 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
 from pipelines.base import ResultUids, Volume
 from pipelines.manifest import CodeItem, Manifest, Segment
@@ -54,8 +54,10 @@ def code(item: CodeItem) -> Code:
 
 
 def device_uid(manifest: Manifest) -> str:
-    """The algorithm as a device: the same model bytes give the same UID."""
-    return generate_uid(prefix=None, entropy_srcs=[manifest.name, manifest.model.sha256])
+    """The algorithm as a device: the same model bytes give the same UID (a
+    name-based UUID of the pipeline and the model's SHA-256, as a 2.25 UID)."""
+    name = f"dicom-node:{manifest.name}:{manifest.model.sha256}"
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
 
 
 def equipment(manifest: Manifest) -> dict[str, Any]:
@@ -136,9 +138,7 @@ def build_seg(
         content_description=manifest.algorithm.name[:64],
         omit_empty_frames=True,
     )
-    sides = {by_label[m.label].laterality for m in found} - {None}
-    if sides:
-        _add_frame_anatomy(seg, found, by_label, sides)
+    _add_frame_anatomy(seg, manifest, [by_label[m.label] for m in found])
     return seg
 
 
@@ -161,14 +161,18 @@ def _description(
     return description
 
 
-def _add_frame_anatomy(
-    seg: Dataset, found: Sequence[SegmentMeasures], by_label: dict[int, Segment], sides: set[Any]
-) -> None:
-    """Shared Frame Anatomy for paired organs (PixelMed asks for laterality)."""
+def _add_frame_anatomy(seg: Dataset, manifest: Manifest, segments: Sequence[Segment]) -> None:
+    """Shared Frame Anatomy: the region (``outputs.finding_site``, else the first
+    segment's type) and its laterality (R, L, B, or U for unpaired), which
+    PixelMed requires when the General Series has no Laterality."""
     item = Dataset()
-    region = code(by_label[found[0].label].type)
-    item.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(region)]
-    item.FrameLaterality = FRAME_LATERALITY[sides.pop()] if len(sides) == 1 else "B"
+    region = manifest.outputs.finding_site or segments[0].type
+    item.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(code(region))]
+    sides = {s.laterality for s in segments if s.laterality is not None}
+    if not sides:
+        item.FrameLaterality = "U"
+    else:
+        item.FrameLaterality = FRAME_LATERALITY[sides.pop()] if len(sides) == 1 else "B"
     seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [item]
 
 
