@@ -27,6 +27,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.facts import InstanceFacts, instance_facts
 from dicom_node.index import Index, InstanceRecord
 from dicom_node.settings import NodeSettings
 from dicom_node.spool import Spool, UnsafeUid, check_uid
@@ -71,6 +72,7 @@ class Receiver:
         self.min_free_bytes = min_free_bytes
         self._lock = threading.Lock()
         self.counts: dict[int, dict[str, int]] = {}
+        self.series_by_assoc: dict[int, set[str]] = {}  # for triggers on release
 
     def handle_store(self, event: Any) -> Dataset | int:
         try:
@@ -101,6 +103,7 @@ class Receiver:
                     "Manufacturer",
                 )
             }
+            facts = instance_facts(ds, _context(event))
         except UnsafeUid as exc:
             logger.warning("refused an instance: %s", exc, extra=_peer(event))
             return _status(0xC211, str(exc))
@@ -116,10 +119,15 @@ class Receiver:
         if self.spool.free_bytes() < self.min_free_bytes:
             logger.error("spool disk is full; refusing instances (storage.min_free_mb)")
             return _status(0xA700, "out of resources: node storage is full")
-        return self._write(event, sop_class, uids, keys)
+        return self._write(event, sop_class, uids, keys, facts)
 
     def _write(
-        self, event: Any, sop_class: str, uids: tuple[str, str, str], keys: dict[str, str]
+        self,
+        event: Any,
+        sop_class: str,
+        uids: tuple[str, str, str],
+        keys: dict[str, str],
+        facts: InstanceFacts,
     ) -> Dataset | int:
         study, series, sop = uids
         try:
@@ -140,11 +148,14 @@ class Receiver:
             description=keys["SeriesDescription"],
             protocol_name=keys["ProtocolName"],
             manufacturer=keys["Manufacturer"],
+            facts=facts,
         )
         new, replaced = self.index.record(record)
         if replaced:
             self.spool.remove(replaced)
         logger.debug("stored %s (%s)", sop, "new" if new else "duplicate", extra=_peer(event))
+        with self._lock:
+            self.series_by_assoc.setdefault(id(event.assoc), set()).add(series)
         return 0x0000
 
     def _count(self, event: Any, key: str) -> None:
@@ -164,6 +175,9 @@ class Receiver:
     def handle_closed(self, event: Any) -> None:
         with self._lock:
             counts = self.counts.pop(id(event.assoc), None)
+            series = self.series_by_assoc.pop(id(event.assoc), set())
+        if series and event.event == evt.EVT_RELEASED:  # an abort completes nothing
+            self.index.mark_released(sorted(series))
         if counts:
             logger.info(
                 "association ended: %d stored, %d failed",
@@ -171,6 +185,19 @@ class Receiver:
                 counts["failed"],
                 extra=_peer(event),
             )
+
+
+def _context(event: Any) -> dict[str, str]:
+    """Receive-time facts rules may test: who sent it, to which AE title, from where."""
+    try:
+        assoc = event.assoc
+        return {
+            "calling_ae": str(assoc.requestor.ae_title).strip(),
+            "called_ae": str(assoc.acceptor.ae_title).strip(),
+            "peer_address": str(assoc.requestor.address),
+        }
+    except AttributeError:
+        return {}
 
 
 def _peer(event: Any) -> dict[str, str]:
