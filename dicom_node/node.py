@@ -47,7 +47,7 @@ class Backend(Protocol):
 
     def worker_command(self, settings: Settings, config: Path | None) -> list[str]: ...
 
-    def pipeline_names(self) -> set[str]: ...
+    def pipeline_names(self, settings: Settings) -> set[str]: ...
 
 
 class EmbeddedWorkers:
@@ -252,11 +252,11 @@ class Node:
             return False
         try:
             new = load_settings(self.config)
-            check_pipeline_names(new, self.backend.pipeline_names())
+            check_pipeline_names(new, self.backend.pipeline_names(new))
         except ConfigError as exc:
             logger.error("configuration NOT reloaded; the running one stays in force: %s", exc)
             return False
-        later = [k for k in ("node", "storage", "broker", "workers")
+        later = [k for k in ("node", "storage", "broker", "workers", "models")
                  if getattr(new, k) != getattr(self.settings, k)]  # fmt: skip
         if later:
             logger.warning("changes to %s take effect at the next restart", ", ".join(later))

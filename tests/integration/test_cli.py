@@ -27,7 +27,8 @@ def test_unknown_pipeline_in_a_rule_is_a_config_error(tmp_path):
     )
     result = dicom_node("check-config", "--config", "config.yaml", cwd=tmp_path)
     assert result.returncode == 2
-    assert "rules.0.pipeline: unknown pipeline 'liver-mr' (known: lung-ct)" in result.stderr
+    expected = "rules.0.pipeline: unknown pipeline 'liver-mr' (known: brain-t1, lung-ct)"
+    assert expected in result.stderr
 
 
 def test_shipped_config_checks_clean_when_copied_elsewhere(tmp_path):
