@@ -36,8 +36,8 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
         # Take from the first non-empty queue in the order given (lanes.consumed),
         # lowest priority step first across them (lanes.broker_priority).
         "queue_order_strategy": "priority",
+        # The key separator stays kombu's default: Flower and `celery inspect` use it too.
         "priority_steps": PRIORITY_STEPS,
-        "sep": ":",
     }
 
 
