@@ -35,7 +35,7 @@ def test_shipped_config_checks_clean_when_copied_elsewhere(tmp_path):
     (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
     result = dicom_node("check-config", "--config", "config.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "OK (1 rule(s))" in result.stdout
+    assert "OK (2 rule(s))" in result.stdout
 
 
 def test_status_of_a_new_node_and_retry_of_an_unknown_job(tmp_path):
