@@ -29,7 +29,7 @@ from dicom_node.index import Index
 from dicom_node.jobs import Jobs
 from dicom_node.outbox import Outbox, Sender
 from dicom_node.retention import purge_sources
-from dicom_node.scp import Receiver, start_server
+from dicom_node.scp import Receiver, reconcile_spool, start_server
 from dicom_node.settings import ConfigError, Settings, check_pipeline_names, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import Database
@@ -175,7 +175,13 @@ class Node:
             backend.make_enqueue(settings),
             on_results=self.sender.wake.set,
         )
-        self.receiver = Receiver(self.spool, self.index, settings.storage.min_free_mb * 1024 * 1024)
+        self.receiver = Receiver(
+            self.spool,
+            self.index,
+            settings.storage.min_free_mb * 1024 * 1024,
+            settings.node,
+            settings.receive,
+        )
         self.workers = (
             EmbeddedWorkers(
                 backend.worker_command(settings, config),
@@ -189,6 +195,7 @@ class Node:
         self.server: ThreadedAssociationServer | None = None
 
     def start(self) -> tuple[str, int]:
+        reconcile_spool(self.spool, self.index)
         self.server = start_server(self.settings.node, self.receiver)  # fails first, if at all
         host, port = self.server.server_address[:2]
         requeued = self.dispatcher.requeue_unfinished()
