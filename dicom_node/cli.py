@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--dead-letters", action="store_true", help="resend dead-lettered results")
     pg = cmd("purge", "delete the received images of an ended job's series now")
     pg.add_argument("--job", type=int, required=True, help="job id (failed, skipped or done)")
+    s.add_argument("--study", help="why is this study waiting: each series, each rule")
+    _rules_parser(sub)
     c = cmd("check-config", "validate a configuration file and exit")
     c.add_argument("--echo", action="store_true", help="also C-ECHO every destination")
     return p
@@ -118,6 +122,10 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
     if args.command == "check-config":
         print(f"{args.config or 'embedded defaults'}: OK ({len(settings.rules)} rule(s))")
         return _echo_destinations(settings) if args.echo else 0
+    if args.command == "rules":
+        return _rules_test(settings, args)
+    if args.command == "status" and args.study:
+        return _explain(settings, args.study, args.json)
     if args.command == "status":
         return _status(settings, args.json, args.limit)
     if args.command == "purge":
@@ -137,6 +145,64 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
     except OSError as exc:  # port in use, storage not writable, ...
         print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _rules_parser(sub: Any) -> None:
+    r = sub.add_parser("rules", help="try the routing rules without running anything")
+    rsub = r.add_subparsers(dest="rules_command", required=True)
+    text = "which rules match each series of DICOM files, folders or past studies, and why not"
+    t = rsub.add_parser("test", help=text, description=text)
+    t.add_argument("--config", type=Path, help="config.yaml (default: embedded defaults)")
+    t.add_argument("paths", nargs="*", type=Path, help="DICOM files or folders (headers only)")
+    t.add_argument("--recent", type=int, metavar="N", help="the last N studies in the index")
+    t.add_argument("--json", action="store_true", help="one JSON object per series")
+    t.add_argument("--at", type=datetime.fromisoformat, metavar="YYYY-MM-DDTHH:MM",
+                   help="routing time for time_of_day/day_of_week (default: now)")  # fmt: skip
+    t.add_argument("--calling-ae", default="", help="files: as if sent by this AE title")
+    t.add_argument("--called-ae", default="", help="files: as if sent to this AE title")
+    t.add_argument("--peer-address", default="", help="files: as if sent from this address")
+
+
+def _rules_test(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node import dryrun
+
+    if bool(args.paths) == (args.recent is not None):
+        print("dicom-node rules test: give DICOM files/folders or --recent N", file=sys.stderr)
+        return 2
+    if args.recent is not None:
+        _, db, index, _, _ = _open(settings)
+        studies, skipped = index.recent_studies(args.recent), 0
+        db.close()
+    else:
+        missing = [str(p) for p in args.paths if not p.exists()]
+        if missing:
+            print(f"dicom-node rules test: no such file or folder: {missing[0]}", file=sys.stderr)
+            return 2
+        context = {"calling_ae": args.calling_ae, "called_ae": args.called_ae,
+                   "peer_address": args.peer_address}  # fmt: skip
+        studies, skipped = dryrun.read_series(args.paths, context)
+    n = dryrun.report(studies, settings, sys.stdout, args.json, args.at)
+    skipped_text = f"; {skipped} file(s) skipped (not DICOM)" if skipped else ""
+    print(f"{n} series in {len(studies)} study(ies){skipped_text}", file=sys.stderr)
+    return 0
+
+
+def _explain(settings: Settings, study_uid: str, as_json: bool) -> int:
+    from dicom_node import waiting
+
+    _, db, index, jobs, _ = _open(settings)
+    try:
+        report = waiting.explain(study_uid, settings, index, jobs, time.time())
+    finally:
+        db.close()
+    if report is None:
+        print(f"study {study_uid} is not in the index", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        sys.stdout.write(waiting.as_text(report))
+    return 0
 
 
 def _echo_destinations(settings: Settings) -> int:

@@ -26,21 +26,29 @@ import sqlite3
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from dicom_node import assembly, routing
 from dicom_node.errors import BadReport, UnreadableResult
 from dicom_node.index import Index
 from dicom_node.jobs import Job, Jobs, JobState, Move
 from dicom_node.jobspec import JobOutcome, JobRequest
 from dicom_node.lifecycle import Policy, Step, decide
 from dicom_node.outbox import Outbox
+from dicom_node.router import FORWARD, Router
 from dicom_node.settings import Settings
 from dicom_node.spool import OutboxEntry, Spool
 
 logger = logging.getLogger(__name__)
 
-Enqueue = Callable[[dict[str, Any]], None]
+
+class Enqueue(Protocol):
+    """Hands a job message to the broker. ``queue`` (device class), ``lane``
+    (urgent | normal | offpeak) and ``priority`` (0-9, 9 first) come from the
+    routing rule that made the job; the backend decides how to honour them."""
+
+    def __call__(
+        self, message: dict[str, Any], *, queue: str, lane: str, priority: int
+    ) -> None: ...
 
 
 class Dispatcher:
@@ -63,6 +71,7 @@ class Dispatcher:
         self.enqueue = enqueue
         self.on_results = on_results
         self.clock = clock
+        self.router = Router(settings, spool, index, jobs)
 
     @property
     def policy(self) -> Policy:
@@ -77,46 +86,16 @@ class Dispatcher:
 
     # -- 1. route --------------------------------------------------------
     def route(self, now: float) -> None:
-        ready = assembly.stable_studies(
-            self.index.studies_to_route(), now, self.settings.node.stable_after_seconds
-        )
-        for study in ready:
-            created = 0
-            for series in self.index.series_of(study.study_uid):
-                for rule in routing.select(series, self.settings.rules):
-                    created += self._create_job(series.study_uid, series.series_uid, rule)
-            self.index.mark_routed(study.study_uid, study.revision)
-            logger.info(
-                "study stable: %d job(s) created", created, extra={"study": study.study_uid}
-            )
-
-    def _create_job(self, study_uid: str, series_uid: str, rule: Any) -> int:
-        files = self.index.files_of(series_uid)
-        job_id = self.jobs.create(
-            study_uid=study_uid,
-            series_uid=series_uid,
-            rule=rule.name,
-            pipeline=rule.pipeline,
-            sop_uids=[sop for sop, _ in files],
-            inputs=[path for _, path in files],
-            destinations=rule.destinations,
-        )
-        if job_id is None:
-            return 0
-        logger.info(
-            "job %d queued: rule %s, pipeline %s, %d instances",
-            job_id,
-            rule.name,
-            rule.pipeline,
-            len(files),
-            extra={"job": job_id, "series": series_uid},
-        )
-        return 1
+        self.router.settings = self.settings
+        self.router.route(now)
 
     # -- 2. advance ---------------------------------------------------------
     def advance(self, job: Job, now: float) -> None:
         """One job, one step, under a guard that keeps the other jobs going."""
         try:
+            if job.pipeline == FORWARD:
+                self._forward(job, now)
+                return
             report = self.spool.job_folder(job.id).report(job.ticket)
             self._apply(job, decide(job, report, now, self.policy), report.beat, now)
         except (BadReport, UnreadableResult) as exc:  # permanent: this job cannot go on
@@ -176,9 +155,14 @@ class Dispatcher:
             max_attempts=self.settings.workers.max_attempts,
             study_uid=job.study_uid,
             series_uid=job.series_uid,
+            queue=job.queue,
+            lane=job.lane,
+            priority=job.priority,
+            parameters=job.parameters,
         )
         try:
-            self.enqueue(request.to_message())
+            self.enqueue(request.to_message(), queue=job.queue, lane=job.lane,
+                         priority=job.priority)  # fmt: skip
         except Exception as exc:  # broker down: the job stays queued, tried next tick
             logger.warning("could not enqueue job %d (%s); will try again", job.id,
                            type(exc).__name__, extra={"job": job.id})  # fmt: skip
@@ -214,6 +198,21 @@ class Dispatcher:
             extra={"job": job.id, "series": job.series_uid})  # fmt: skip
         if entries and self.on_results is not None:
             self.on_results()
+
+    def _forward(self, job: Job, now: float) -> None:
+        """A forward job: its received files go to the outbox unchanged (linked, so
+        retention of the spool and sending stay independent). Idempotent."""
+        entries = []
+        for i, rel in enumerate(job.inputs):
+            entry = self.spool.outbox_entry(job.id, f"{i + 1:06d}.dcm")
+            entry.link(self.spool.input_path(rel))
+            entries.append(entry.relpath)
+        self.outbox.add(job.id, entries, job.destinations, now)
+        if self.jobs.move(job.id, Move.FINISH, now, to=JobState.DONE, finished_at=now):
+            logger.info("job %d done: %d instance(s) queued for %s", job.id, len(entries),
+                        ", ".join(job.destinations), extra={"job": job.id})  # fmt: skip
+            if self.on_results is not None:
+                self.on_results()
 
     def _outbox_entry(self, job_id: int, name: str) -> OutboxEntry:
         try:

@@ -3,10 +3,12 @@
 The SCP receives each data set straight to a file (pynetdicom's chunked
 receive: 128-byte preamble, ``DICM``, File Meta Information made from the
 presentation context, then the data set exactly as the peer sent it).
-``read_header`` reads that file's top-level elements up to (0020,000E) for the
-UIDs and routing keys, then checks the rest of the structure cheaply (declared
+``read_header`` parses that file's elements up to Pixel Data (the header
+facts routing rules test need them all: ``dicom_node.facts``), takes the UIDs
+and routing keys, then checks the rest of the structure cheaply (declared
 lengths against the bytes present, the Pixel Data element's encoding against
-the transfer syntax) without reading values. Pixels are never decoded.
+the transfer syntax, every fragment present) without reading pixel values.
+Pixels are never decoded.
 
 Deflated data sets are inflated as a stream: only the first ``HEAD_BYTES`` are
 kept for the header, the rest is counted and dropped, and inflating stops with
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 
@@ -38,7 +41,7 @@ EXPLICIT_BE = "1.2.840.10008.1.2.2"
 NATIVE = frozenset({IMPLICIT_LE, "1.2.840.10008.1.2.1", DEFLATED, EXPLICIT_BE})
 HEAD_BYTES = 8 * 1024 * 1024  # of a deflated data set, kept for the header
 PIXEL_DATA = 0x7FE00010
-LAST_HEADER_TAG = 0x0020000E  # SeriesInstanceUID: every tag read is at or before it
+PIXEL_GROUP = 0x7FE00000  # reading stops at (7FE0,xxxx): pixels are not parsed
 UNDEFINED = 0xFFFFFFFF
 ROUTING_KEYWORDS = (
     "Modality",
@@ -47,21 +50,6 @@ ROUTING_KEYWORDS = (
     "ProtocolName",
     "Manufacturer",
 )
-_WANTED: list[BaseTag | int] = [
-    BaseTag(t)
-    for t in (
-        0x00080005,  # SpecificCharacterSet: decodes the text values below
-        0x00080016,  # SOPClassUID
-        0x00080018,  # SOPInstanceUID
-        0x00080060,  # Modality
-        0x00080070,  # Manufacturer
-        0x0008103E,  # SeriesDescription
-        0x00180015,  # BodyPartExamined
-        0x00181030,  # ProtocolName
-        0x0020000D,  # StudyInstanceUID
-        0x0020000E,  # SeriesInstanceUID
-    )
-]
 
 
 class BadInstance(ValueError):
@@ -128,7 +116,7 @@ def _inflated_head(fp: BinaryIO, max_inflated: int) -> bytes:
 
 class _Walk:
     """``stop_when`` for pydicom's reader: checks each top-level element's declared
-    length against the bytes present and stops after the last wanted tag."""
+    length against the bytes present and stops at the pixels."""
 
     def __init__(self, fp: BinaryIO, size: int | None) -> None:
         self.fp = fp
@@ -137,14 +125,16 @@ class _Walk:
     def __call__(self, tag: BaseTag, vr: str | None, length: int) -> bool:
         if tag >> 16 == 0x0002:
             raise BadInstance(0xC210, f"{_tag(tag)} File Meta Information inside the data set")
+        if tag >= PIXEL_GROUP:
+            return True  # the pixels are checked by _skip_to_pixels
         if self.size is not None and length != UNDEFINED:
             if self.fp.tell() + length > self.size:
                 raise BadInstance(0xC210, f"{_tag(tag)} declares {length} bytes past the end")
-        return bool(tag > LAST_HEADER_TAG)
+        return False
 
 
 def _skip_to_pixels(fp: BinaryIO, little: bool, implicit: bool, size: int) -> int | None:
-    """Walk top-level element headers after the header tags without reading values;
+    """Walk top-level element headers from where the header reading stopped;
     returns the Pixel Data length (``UNDEFINED`` when encapsulated) or None."""
     endian = "<" if little else ">"
     for _ in range(100_000):
@@ -197,8 +187,11 @@ def _check_fragments(fp: BinaryIO, size: int) -> None:
         fp.seek(fp.tell() + length)
 
 
-def read_header(path: Path, transfer_syntax: str, max_inflated: int) -> InstanceHeader:
-    """The header of a received file; ``BadInstance`` when it cannot be stored."""
+def read_header(
+    path: Path, transfer_syntax: str, max_inflated: int
+) -> tuple[InstanceHeader, Dataset]:
+    """The header of a received file and its data set up to the pixels (values
+    decoded lazily by pydicom); ``BadInstance`` when it cannot be stored."""
     implicit = transfer_syntax == IMPLICIT_LE
     little = transfer_syntax != EXPLICIT_BE
     with open(path, "rb") as raw:
@@ -214,7 +207,7 @@ def read_header(path: Path, transfer_syntax: str, max_inflated: int) -> Instance
             size_known = size
         walk = _Walk(fp, size_known)
         try:
-            ds = read_dataset(fp, implicit, little, stop_when=walk, specific_tags=_WANTED)
+            ds = read_dataset(fp, implicit, little, stop_when=walk)
             header = _header(ds)
         except BadInstance:
             raise
@@ -235,7 +228,7 @@ def read_header(path: Path, transfer_syntax: str, max_inflated: int) -> Instance
                 )
             if pixels == UNDEFINED:
                 _check_fragments(fp, size)
-    return header
+    return header, ds
 
 
 def _text(value: object) -> str:

@@ -1,18 +1,21 @@
 """The index of received instances: studies, series and instances tables.
 
-A study's ``revision`` counts the instances that changed it; assembly routes a
-study when it has been quiet long enough and its revision is newer than the
-one last routed. A duplicate SOP Instance UID replaces the stored file but is
+A study's ``revision`` counts the instances that changed it; the router plans a
+study while its revision is newer than the one last routed (``router``). Each
+series keeps the header facts rules test (``facts``), so routing never reads
+a file. A duplicate SOP Instance UID replaces the stored file but is
 counted once and does not change the revision.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from dicom_node import facts as header
 from dicom_node.state import Database
 
 
@@ -31,6 +34,7 @@ class InstanceRecord:
     description: str = ""
     protocol_name: str = ""
     manufacturer: str = ""
+    facts: header.InstanceFacts = field(default_factory=dict)  # what rules may test
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class SeriesSummary:
     manufacturer: str
     sop_class_uid: str
     instances: int
+    facts: header.SeriesFacts = field(default_factory=dict)
+    first_received: float = 0.0
+    last_received: float = 0.0
+    released_at: float | None = None  # the last sending association was released
 
     def attribute(self, keyword: str) -> str:
         return {
@@ -156,6 +164,25 @@ class Index:
                 now,
             ),
         )
+        row = conn.execute(
+            "SELECT facts, first_received FROM series WHERE series_uid = ?", (rec.series_uid,)
+        ).fetchone()
+        facts = json.loads(row["facts"]) if rec.facts else {}
+        if header.merge(facts, rec.facts) or row["first_received"] is None:
+            conn.execute(
+                "UPDATE series SET facts = ?, first_received = COALESCE(first_received, ?)"
+                " WHERE series_uid = ?",
+                (json.dumps(facts) if rec.facts else row["facts"], now, rec.series_uid),
+            )
+
+    def mark_released(self, series_uids: list[str], now: float | None = None) -> None:
+        """The association that sent instances of these series was released."""
+        now = time.time() if now is None else now
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE series SET released_at = ? WHERE series_uid = ? AND last_received <= ?",
+                [(now, uid, now) for uid in series_uids],
+            )
 
     def studies_to_route(self) -> list[StudyState]:
         rows = self.db.query(
@@ -172,13 +199,32 @@ class Index:
             )
 
     def series_of(self, study_uid: str) -> list[SeriesSummary]:
+        rows = self.db.query(f"{_SERIES} WHERE study_uid = ? ORDER BY series_uid", (study_uid,))
+        return [_summary(r) for r in rows]
+
+    def recent_studies(self, limit: int) -> list[list[SeriesSummary]]:
+        """The series of the ``limit`` studies received last, newest study first."""
         rows = self.db.query(
-            "SELECT study_uid, series_uid, modality, body_part, description, protocol_name,"
-            " manufacturer, sop_class_uid, instances FROM series WHERE study_uid = ?"
-            " ORDER BY series_uid",
+            f"{_SERIES} WHERE study_uid IN (SELECT study_uid FROM studies"
+            " ORDER BY last_received DESC LIMIT ?)",
+            (limit,),
+        )
+        by_study: dict[str, list[SeriesSummary]] = {}
+        for r in rows:
+            by_study.setdefault(r["study_uid"], []).append(_summary(r))
+        order = self.db.query(
+            "SELECT study_uid FROM studies ORDER BY last_received DESC LIMIT ?", (limit,)
+        )
+        return [sorted(by_study[r["study_uid"]], key=lambda s: s.series_uid)
+                for r in order if r["study_uid"] in by_study]  # fmt: skip
+
+    def study(self, study_uid: str) -> StudyState | None:
+        rows = self.db.query(
+            "SELECT study_uid, revision, routed_revision, last_received FROM studies"
+            " WHERE study_uid = ?",
             (study_uid,),
         )
-        return [SeriesSummary(**dict(r)) for r in rows]
+        return StudyState(**dict(rows[0])) if rows else None
 
     def files_of(self, series_uid: str) -> list[tuple[str, str]]:
         """(SOP Instance UID, relative path) of every instance of a series, sorted by UID."""
@@ -256,3 +302,18 @@ class Index:
         """Those of ``paths`` (spool files) that no instance row names."""
         known = {r["path"] for r in self.db.query("SELECT path FROM instances")}
         return [p for p in paths if p not in known]
+
+
+_SERIES = (
+    "SELECT study_uid, series_uid, modality, body_part, description, protocol_name,"
+    " manufacturer, sop_class_uid, instances, facts, first_received, last_received,"
+    " released_at FROM series"
+)
+
+
+def _summary(row: sqlite3.Row) -> SeriesSummary:
+    data = dict(row)
+    data["facts"] = json.loads(data["facts"])
+    if data["first_received"] is None:
+        data["first_received"] = data["last_received"]
+    return SeriesSummary(**data)

@@ -27,7 +27,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -68,8 +68,11 @@ _FIELDS = frozenset(
 )  # fmt: skip
 
 
-def input_digest(sop_uids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(sop_uids)).encode()).hexdigest()[:32]
+def input_digest(sop_uids: Sequence[str], action: str = "") -> str:
+    """The job key's digest: the series' instances, and the pipeline (or other
+    action) when it is not the rule's only one, so one rule may run several."""
+    text = "\n".join(sorted(sop_uids)) + (f"\n#{action}" if action else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -95,12 +98,16 @@ class Job:
     finished_at: float | None
     timings: dict[str, float]
     summary: dict[str, Any]
+    queue: str = "default"  # device class of the workers that may run it (gpu, cpu, ...)
+    lane: str = "normal"  # urgent | normal | offpeak
+    priority: int = 5  # 0-9, 9 first
+    parameters: dict[str, Any] = field(default_factory=dict)  # the rule's, for the pipeline
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
         data = dict(row)
         data.pop("input_digest", None)
-        for key in ("inputs", "destinations", "timings", "summary"):
+        for key in ("inputs", "destinations", "timings", "summary", "parameters"):
             data[key] = json.loads(data[key])
         data["state"] = JobState(data["state"])
         return cls(**data)
@@ -125,24 +132,34 @@ class Jobs:
         inputs: Sequence[str],
         destinations: Sequence[str],
         now: float | None = None,
+        action: str = "",
+        queue: str = "default",
+        lane: str = "normal",
+        priority: int = 5,
+        parameters: dict[str, Any] | None = None,
     ) -> int | None:
-        """Add a queued job; None when the same job (same inputs) already exists."""
+        """Add a queued job; None when the same job (same inputs) already exists.
+        ``action`` tells apart the jobs one rule makes for the same series."""
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO jobs (study_uid, series_uid, rule, pipeline, input_digest,"
-                " inputs, destinations, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                " inputs, destinations, state, created_at, updated_at, queue, lane, priority,"
+                " parameters) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                 (
                     study_uid,
                     series_uid,
                     rule,
                     pipeline,
-                    input_digest(sop_uids),
+                    input_digest(sop_uids, action),
                     json.dumps(list(inputs)),
                     json.dumps(list(destinations)),
                     now,
                     now,
+                    queue,
+                    lane,
+                    priority,
+                    json.dumps(parameters or {}),
                 ),
             )
             return cur.lastrowid if cur.rowcount == 1 else None
@@ -187,6 +204,10 @@ class Jobs:
         rows = self.db.query("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY id")
         return [Job.from_row(r) for r in rows]
 
+    def of_study(self, study_uid: str) -> list[Job]:
+        rows = self.db.query("SELECT * FROM jobs WHERE study_uid = ? ORDER BY id", (study_uid,))
+        return [Job.from_row(r) for r in rows]
+
     def recent(self, limit: int = 50) -> list[Job]:
         rows = self.db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
         return [Job.from_row(r) for r in rows]
@@ -225,6 +246,24 @@ class Jobs:
                 (" [source images purged by operator]", time.time() if now is None else now,
                  job_id),
             )  # fmt: skip
+
+    def ran(
+        self,
+        rule: str,
+        *,
+        series_uid: str | None = None,
+        study_uid: str | None = None,
+        pipeline: str | None = None,
+    ) -> bool:
+        """Whether ``rule`` ever made a job on the series, or on the study (any inputs;
+        only ``pipeline`` jobs when given)."""
+        sql, args = "SELECT 1 FROM jobs WHERE rule = ?", [rule]
+        for column, value in (("series_uid", series_uid), ("study_uid", study_uid),
+                              ("pipeline", pipeline)):  # fmt: skip
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        return bool(self.db.query(sql + " LIMIT 1", tuple(args)))
 
     def busy_on(self, series_uid: str) -> bool:
         rows = self.db.query(

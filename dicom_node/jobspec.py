@@ -40,6 +40,12 @@ class JobRequest:
     max_attempts: int
     study_uid: str = ""
     series_uid: str = ""
+    # From the routing rule that made the job (docs/rules.md): the worker class and
+    # lane it goes to, its priority (9 first), and parameters for the pipeline.
+    queue: str = "default"
+    lane: str = "normal"
+    priority: int = 5
+    parameters: dict[str, Any] = field(default_factory=dict)
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +67,10 @@ class JobRequest:
                 max_attempts=int(message["max_attempts"]),
                 study_uid=str(message.get("study_uid", "")),
                 series_uid=str(message.get("series_uid", "")),
+                queue=str(message.get("queue", "default")),
+                lane=str(message.get("lane", "normal")),
+                priority=int(message.get("priority", 5)),
+                parameters=_parameters(message.get("parameters", {})),
             )
         except KeyError as exc:
             raise MessageError(f"job message has no field {exc.args[0]!r}") from None
@@ -68,6 +78,14 @@ class JobRequest:
             if isinstance(exc, MessageError):
                 raise
             raise MessageError("job message has a field of the wrong type") from None
+
+
+def _parameters(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, str | int | float | bool) for v in value.values()
+    ):
+        raise MessageError("job message field 'parameters' is not a mapping of plain values")
+    return {str(k): v for k, v in value.items()}
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.facts import instance_facts
 from dicom_node.header import BadInstance, read_header
 from dicom_node.index import Index, InstanceRecord
 from dicom_node.peers import LOCAL_LIMIT_EXCEEDED, Rejection, Slot, Slots, admit
@@ -108,6 +109,7 @@ class Receiver:
                            self.node.max_associations)  # fmt: skip
         self._lock = threading.Lock()
         self.counts: dict[int, dict[str, int]] = {}
+        self.series_by_assoc: dict[int, set[str]] = {}  # for triggers on release
         self._held: dict[int, Slot] = {}
         self._received: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
@@ -195,7 +197,8 @@ class Receiver:
     def _store(self, event: Any, path: Path) -> Dataset | int:
         request = event.request
         try:
-            header = read_header(path, str(event.context.transfer_syntax), self.max_inflated)
+            header, ds = read_header(path, str(event.context.transfer_syntax), self.max_inflated)
+            facts = instance_facts(ds, _context(event))
         except BadInstance as exc:
             logger.warning("refused an instance: %s", exc.comment, extra=_peer(event))
             return _status(exc.status, exc.comment)
@@ -219,6 +222,7 @@ class Receiver:
             description=header.keys["SeriesDescription"],
             protocol_name=header.keys["ProtocolName"],
             manufacturer=header.keys["Manufacturer"],
+            facts=facts,
         )
         try:
             self.spool.sync(path)
@@ -230,6 +234,8 @@ class Receiver:
             return _status(0xA700, "out of resources: could not write to storage")
         logger.debug("stored %s (%s)", header.sop_uid, "new" if new else "duplicate",
                      extra=_peer(event))  # fmt: skip
+        with self._lock:
+            self.series_by_assoc.setdefault(id(event.assoc), set()).add(header.series_uid)
         return 0x0000
 
     def _count(self, event: Any, key: str) -> None:
@@ -246,6 +252,9 @@ class Receiver:
     def handle_closed(self, event: Any) -> None:
         with self._lock:
             counts = self.counts.pop(id(event.assoc), None)
+            series = self.series_by_assoc.pop(id(event.assoc), set())
+        if series and event.event == evt.EVT_RELEASED:  # an abort completes nothing
+            self.index.mark_released(sorted(series))
         if counts:
             logger.info(
                 "association ended: %d stored, %d failed",
@@ -270,6 +279,19 @@ class Receiver:
 def _ae(value: object) -> str:
     text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
     return text.strip()
+
+
+def _context(event: Any) -> dict[str, str]:
+    """Receive-time facts rules may test: who sent it, to which AE title, from where."""
+    try:
+        assoc = event.assoc
+        return {
+            "calling_ae": _ae(assoc.requestor.ae_title),
+            "called_ae": _ae(assoc.acceptor.ae_title),
+            "peer_address": str(assoc.requestor.address),
+        }
+    except AttributeError:
+        return {}
 
 
 def _peer(event: Any) -> dict[str, str]:

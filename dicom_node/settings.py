@@ -26,6 +26,10 @@ from pydantic import (
     model_validator,
 )
 
+from dicom_node.ruleset import Match, RoutingSettings, Rule
+
+__all__ = ["Match", "Rule", "RoutingSettings"]
+
 DEFAULT_AE_TITLE = "DICOM-NODE"
 
 
@@ -44,18 +48,9 @@ def _check_ae_title(value: str) -> str:
     return stripped
 
 
-def _check_regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from exc
-    return value
-
-
 AeTitle = Annotated[str, AfterValidator(_check_ae_title)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(ge=0)]
-Pattern = Annotated[str, AfterValidator(_check_regex)]
 
 
 class _Section(BaseModel):
@@ -172,35 +167,6 @@ class Destination(_Section):
     port: Port
 
 
-class Match(_Section):
-    """Conditions on a series; all given conditions must hold.
-
-    Attribute conditions are regular expressions that must match the whole
-    value (``re.fullmatch``); a missing attribute is the empty string.
-    """
-
-    Modality: Pattern | None = None
-    BodyPartExamined: Pattern | None = None
-    SeriesDescription: Pattern | None = None
-    SOPClassUID: Pattern | None = None
-    ProtocolName: Pattern | None = None
-    Manufacturer: Pattern | None = None
-    min_instances: Annotated[int, Field(ge=0)] = 0
-    max_instances: Annotated[int, Field(ge=0)] | None = None
-
-
-class Rule(_Section):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-    match: list[Match]
-    pipeline: str
-    destinations: list[str] = Field(default_factory=list)
-
-    @field_validator("match", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, dict) else value
-
-
 class Settings(_Section):
     node: NodeSettings = NodeSettings()
     receive: ReceiveSettings = ReceiveSettings()
@@ -211,6 +177,7 @@ class Settings(_Section):
     destinations: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], Destination] = (
         Field(default_factory=dict)
     )
+    routing: RoutingSettings = RoutingSettings()
     rules: list[Rule] = Field(default_factory=list)
     source: Literal["defaults"] | Path = "defaults"
 
@@ -221,7 +188,7 @@ class Settings(_Section):
             if rule.name in names:
                 raise ValueError(f"rules[{i}].name {rule.name!r} is used twice")
             names.add(rule.name)
-            for dest in rule.destinations:
+            for dest in [*rule.destinations, *rule.forward]:
                 if dest not in self.destinations:
                     known = ", ".join(sorted(self.destinations)) or "none"
                     raise ValueError(
@@ -271,11 +238,14 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 def check_pipeline_names(settings: Settings, known: set[str]) -> None:
     """Every rule must name a pipeline the workers have."""
     for i, rule in enumerate(settings.rules):
-        if rule.pipeline not in known:
-            raise ConfigError(
-                f"{settings.source}: rules.{i}.pipeline: unknown pipeline {rule.pipeline!r}"
-                f" (known: {', '.join(sorted(known))})"
-            )
+        for j, run in enumerate(rule.runs):
+            if run.pipeline not in known:
+                k = j - (rule.pipeline is not None)
+                key = "pipeline" if k < 0 else f"run.{k}.pipeline"
+                raise ConfigError(
+                    f"{settings.source}: rules.{i}.{key}: unknown pipeline {run.pipeline!r}"
+                    f" (known: {', '.join(sorted(known))})"
+                )
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -389,6 +389,23 @@ class OutboxEntry:
             source.unlink()
         fsync_dir(self.path.parent)
 
+    def link(self, source: Path) -> None:
+        """Put a received instance here unchanged, keeping ``source`` (a hard link on
+        the same file system, else a durable copy). Idempotent."""
+        if self.exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+
     def remove(self) -> None:
         """Delete the file, and the job's outbox folder once empty (never ``outbox/``)."""
         self.path.unlink(missing_ok=True)

@@ -91,12 +91,20 @@ CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox(state, next_attempt_at);
 
 # Columns added after the first release: (table, column, definition). Applied at
 # open by ``_migrate`` when missing; ``PRAGMA user_version`` records the schema.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ADDED_COLUMNS = (
     ("jobs", "ticket", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "beat", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "beat_at", "REAL"),
     ("jobs", "not_before", "REAL"),
+    # 3: routing rules (header facts, triggers, per-run queue, lane, priority, parameters)
+    ("series", "facts", "TEXT NOT NULL DEFAULT '{}'"),
+    ("series", "first_received", "REAL"),
+    ("series", "released_at", "REAL"),
+    ("jobs", "queue", "TEXT NOT NULL DEFAULT 'default'"),
+    ("jobs", "lane", "TEXT NOT NULL DEFAULT 'normal'"),
+    ("jobs", "priority", "INTEGER NOT NULL DEFAULT 5"),
+    ("jobs", "parameters", "TEXT NOT NULL DEFAULT '{}'"),
 )
 
 

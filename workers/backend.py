@@ -25,13 +25,21 @@ class CeleryBackend:
 
     def make_enqueue(self, settings: Settings) -> Any:
         app = make_app(settings)
-        queue = settings.workers.queue
+        celery_queue = settings.workers.queue
 
-        def enqueue(message: dict[str, Any]) -> None:
+        def enqueue(
+            message: dict[str, Any],
+            *,
+            queue: str = "default",
+            lane: str = "normal",
+            priority: int = 5,
+        ) -> None:
+            # queue (device class), lane and priority come from the job's routing
+            # rule; the worker-lane layout that routes by them is the lanes work's.
             app.send_task(
                 TASK_NAME,
                 args=[message],
-                queue=queue,
+                queue=celery_queue,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1},
             )

@@ -226,3 +226,28 @@ def _count(db: Path) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
     finally:
         conn.close()
+
+
+def test_several_receiving_processes_share_the_port_and_one_index(tmp_path):
+    series = write_ct_series(tmp_path / "ct", np.zeros((40, 16, 16), np.int16), SeriesOptions())
+    proc = NodeProcess(
+        tmp_path / "n", {"receive": {"processes": 2}, "storage": {"dir": "var"}, "rules": []}
+    ).start()
+    try:
+        incoming = proc.folder / "var" / "incoming"
+        wait_for(lambda: len(list(incoming.glob("[0-9]*"))) == 2, 30, "both receiving processes")
+        pushes = [
+            subprocess.Popen(
+                ["storescu", "-aet", f"PACS{i}", "-aec", "DICOM-NODE", "127.0.0.1",
+                 str(proc.port), *map(str, series.paths[i::4])],
+                env=DCMTK_ENV, stderr=subprocess.PIPE, text=True,
+            )
+            for i in range(4)
+        ]  # fmt: skip
+        for push in pushes:
+            assert push.wait(120) == 0, push.stderr.read() if push.stderr else ""
+        assert _count(proc.folder / "var" / "node.sqlite") == 40
+        assert proc.status()["index"]["instances"] == 40
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert not [p for p in incoming.rglob("*") if p.is_file() and "slots" not in p.parts]

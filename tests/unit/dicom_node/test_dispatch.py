@@ -17,6 +17,18 @@ from dicom_node.state import Database
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
+class Sent(list):
+    """Job messages handed to the broker, and the routing keywords with each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keywords: list[dict[str, object]] = []
+
+    def record(self, message: dict, **keywords: object) -> None:
+        self.append(message)
+        self.keywords.append(keywords)
+
+
 def make(tmp_path: Path, **workers: float):
     settings = Settings.model_validate(
         {
@@ -40,8 +52,8 @@ def make(tmp_path: Path, **workers: float):
         }
     )
     db = Database(tmp_path / "node.sqlite")
-    sent: list[dict] = []
-    d = Dispatcher(settings, Spool(tmp_path), Index(db), Jobs(db), Outbox(db), sent.append)
+    sent = Sent()
+    d = Dispatcher(settings, Spool(tmp_path), Index(db), Jobs(db), Outbox(db), sent.record)
     return d, sent
 
 
@@ -79,7 +91,9 @@ def test_stable_study_becomes_one_enqueued_job_with_paths_not_pixels(tmp_path):
     assert message["pipeline"] == "lung-ct"
     assert message["inputs"] == [f"spool/1.2/1.2.3/1.2.3.{i}.dcm" for i in range(3)]
     assert set(message) == {"job_id", "ticket", "pipeline", "inputs", "uid_root", "max_attempts",
-                            "study_uid", "series_uid"}  # fmt: skip
+                            "study_uid", "series_uid", "queue", "lane", "priority",
+                            "parameters"}  # fmt: skip
+    assert sent.keywords == [{"queue": "default", "lane": "normal", "priority": 5}]
     assert message["ticket"] == 1 and (tmp_path / "work/1/t1").is_dir()
 
 
@@ -201,12 +215,12 @@ def test_broker_down_leaves_the_job_queued_for_the_next_tick(tmp_path):
     d.tick(now=11.0)
     [job] = d.jobs.active()
     assert job.enqueued_at is None
-    d.enqueue = sent.append
+    d.enqueue = sent.record
     d.tick(now=12.0)
     assert len(sent) == 1
 
 
-def _refuse(message: dict) -> None:
+def _refuse(message: dict, **_: object) -> None:
     raise ConnectionError("broker unreachable")
 
 

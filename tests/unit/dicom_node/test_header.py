@@ -25,7 +25,7 @@ MiB = 2**20
 
 def read(tmp_path, data: bytes, syntax: str = EXPLICIT, max_inflated: int = 64 * MiB):
     path = write_raw(tmp_path / "in.dcm", data, "1.2.3.4", syntax)
-    return read_header(path, syntax, max_inflated)
+    return read_header(path, syntax, max_inflated)[0]
 
 
 def test_a_valid_instance_gives_its_uids_and_routing_keys(tmp_path):
