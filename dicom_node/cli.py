@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     pg.add_argument("--job", type=int, required=True, help="job id (failed, skipped or done)")
     s.add_argument("--study", help="why is this study waiting: each series, each rule")
     _rules_parser(sub)
+    m = cmd("models", "list the loaded pipelines, or check a model folder")
+    m.add_argument("action", choices=["list", "check"])
+    m.add_argument("folder", nargs="?", type=Path, help="model folder (for check)")
     c = cmd("check-config", "validate a configuration file and exit")
     c.add_argument("--echo", action="store_true", help="also C-ECHO every destination")
     return p
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
     try:
         settings = load_settings(args.config)
         if backend is not None:
-            check_pipeline_names(settings, backend.pipeline_names())
+            check_pipeline_names(settings, backend.pipeline_names(settings))
     except ConfigError as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)
         return 2
@@ -135,6 +138,13 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
     if backend is None:
         print("dicom-node: run through the installed `dicom-node` command", file=sys.stderr)
         return 2
+    if args.command == "models":
+        if args.action == "check":
+            if args.folder is None:
+                print("dicom-node: models check needs a FOLDER", file=sys.stderr)
+                return 2
+            return int(backend.check_model(args.folder))
+        return int(backend.list_models(settings))
     if args.command == "worker":
         queues = args.queues.split(",") if args.queues else [settings.workers.queue]
         return int(backend.run_worker(settings, queues, args.concurrency) or 0)
@@ -243,6 +253,9 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
                 "state": j.state.value,
                 "rule": j.rule,
                 "pipeline": j.pipeline,
+                "queue": j.queue,
+                "lane": j.lane,
+                "priority": j.priority,
                 "study_uid": j.study_uid,
                 "series_uid": j.series_uid,
                 "ticket": j.ticket,

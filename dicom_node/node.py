@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from dicom_node import scu
+from dicom_node import audit, scu
 from dicom_node.dispatch import Dispatcher, Enqueue
 from dicom_node.index import Index
 from dicom_node.jobs import Jobs
@@ -48,7 +48,7 @@ class Backend(Protocol):
 
     def worker_command(self, settings: Settings, config: Path | None) -> list[str]: ...
 
-    def pipeline_names(self) -> set[str]: ...
+    def pipeline_names(self, settings: Settings) -> set[str]: ...
 
 
 class EmbeddedWorkers:
@@ -149,6 +149,7 @@ class EmbeddedWorkers:
 class Node:
     def __init__(self, settings: Settings, backend: Backend, config: Path | None) -> None:
         self.settings = settings
+        self.loaded = settings  # as last read from the file (for the audit log)
         self.config = config
         self.backend = backend
         self.spool = Spool(settings.storage.dir)
@@ -260,22 +261,26 @@ class Node:
         logger.info("stopped")
 
     def reload(self) -> bool:
-        """Re-read the config file (SIGHUP). Rules, destinations and send settings
-        change at once; other sections need a restart. A bad file changes nothing."""
+        """Re-read the config file (SIGHUP, or the file changed). Rules, routing,
+        destinations and send settings change at once; other sections need a
+        restart. A bad file changes nothing. A change is appended to the audit log."""
         if self.config is None:
             logger.warning("no --config file to reload; running on embedded defaults")
             return False
         try:
             new = load_settings(self.config)
-            check_pipeline_names(new, self.backend.pipeline_names())
+            check_pipeline_names(new, self.backend.pipeline_names(new))
         except ConfigError as exc:
             logger.error("configuration NOT reloaded; the running one stays in force: %s", exc)
             return False
-        later = [k for k in ("node", "storage", "broker", "workers")
+        later = [k for k in ("node", "storage", "broker", "workers", "models")
                  if getattr(new, k) != getattr(self.settings, k)]  # fmt: skip
         if later:
             logger.warning("changes to %s take effect at the next restart", ", ".join(later))
-        live = {"rules": new.rules, "destinations": new.destinations, "send": new.send}
+        keys = audit.changed_keys(self.loaded, new)
+        self.loaded = new
+        live = {"rules": new.rules, "destinations": new.destinations, "send": new.send,
+                "routing": new.routing}  # fmt: skip
         self.settings = self.settings.model_copy(update=live)
         self.dispatcher.settings = self.settings
         self.sender.destinations = dict(new.destinations)
@@ -285,7 +290,15 @@ class Node:
             len(new.rules),
             len(new.destinations),
         )
+        if keys:
+            self._audit("reload", keys)
         return True
+
+    def _audit(self, event: str, keys: list[str]) -> None:
+        try:
+            audit.append(self.settings, event, self.config, keys)
+        except OSError as exc:  # the audit log must not stop the node
+            logger.error("could not append to the configuration audit log: %s", exc.strerror)
 
     def run_until_signal(self) -> int:
         """Serve until SIGTERM or SIGINT (SIGHUP reloads the config); returns the exit code."""
@@ -299,9 +312,21 @@ class Node:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, on_signal)
         self.start()
+        self._audit("start", [])
+        seen = applied = audit.FileState.of(self.config) if self.config else None
         while not got.wait(0.5):
             if hup.is_set():
                 hup.clear()
                 self.reload()
+                applied = seen = audit.FileState.of(self.config) if self.config else None
+            elif self.config is not None and self.settings.routing.watch_config:
+                # Reload once the file changed and then stayed the same for one poll
+                # (an editor may write it in steps).
+                now_state = audit.FileState.of(self.config)
+                if now_state != applied and now_state == seen and now_state is not None:
+                    logger.info("configuration file changed; reloading")
+                    self.reload()
+                    applied = now_state
+                seen = now_state
         self.stop()
         return 0

@@ -152,6 +152,9 @@ class WorkerSettings(_Section):
     requeue_after_seconds: Annotated[float, Field(gt=0)] = 600.0
     max_attempts: Annotated[int, Field(ge=1)] = 5
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 120.0
+    # TensorFlow thread pools per worker process; 0: TensorFlow's default (all cores).
+    intra_op_threads: Annotated[int, Field(ge=0, le=256)] = 0
+    inter_op_threads: Annotated[int, Field(ge=0, le=256)] = 0
 
 
 class SendSettings(_Section):
@@ -179,6 +182,8 @@ class Settings(_Section):
     )
     routing: RoutingSettings = RoutingSettings()
     rules: list[Rule] = Field(default_factory=list)
+    # Model folders (each holding model.yaml) beside the built-in pipelines.
+    models: list[Path] = Field(default_factory=list)
     source: Literal["defaults"] | Path = "defaults"
 
     @model_validator(mode="after")
@@ -228,11 +233,18 @@ def _describe(exc: ValidationError, root: yaml.Node | None, path: Path) -> str:
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    models = raw.get("models")
+    if isinstance(models, list):
+        raw["models"] = [str(_absolute(m, base)) if isinstance(m, str) else m for m in models]
     storage = raw.get("storage")
     for key in ("dir", "database"):
         if isinstance(storage, dict) and isinstance(storage.get(key), str):
-            p = Path(storage[key]).expanduser()
-            storage[key] = str(p if p.is_absolute() else (base / p).resolve())
+            storage[key] = str(_absolute(storage[key], base))
+
+
+def _absolute(value: str, base: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
 
 
 def check_pipeline_names(settings: Settings, known: set[str]) -> None:

@@ -43,6 +43,7 @@ def explain(
             }  # fmt: skip
         )
     out = []
+    order = {rule.name: i for i, rule in enumerate(settings.rules)}
     plans = plan_study(series, settings.rules, now, settings.routing.apply,
                        settings.node.stable_after_seconds)  # fmt: skip
     for plan in plans:
@@ -59,6 +60,7 @@ def explain(
             rules.append(entry)
         for name, reason in {**plan.not_matched, **plan.not_applied}.items():
             rules.append({"rule": name, "state": "not applied", "reason": reason})
+        rules.sort(key=lambda r: order.get(r["rule"], 0))  # config order
         out.append({
             "series_uid": rec["series_uid"],
             "modality": rec["modality"],

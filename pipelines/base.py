@@ -72,6 +72,8 @@ class Volume:
     ``voxels`` (pixel data may have been dropped to save memory; geometry and
     identifying UIDs remain).
 
+    ``axes``: the patient direction each array axis points to ("SPL": canonical).
+
     ``flip_y`` / ``flip_x``: whether rows / columns of the stored frames were
     reversed to reach canonical orientation. ``to_source_frames`` undoes them.
     """
@@ -81,6 +83,7 @@ class Volume:
     sources: list[Dataset]
     flip_y: bool = False
     flip_x: bool = False
+    axes: str = "SPL"
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_source_frames(self, array: np.ndarray) -> np.ndarray:

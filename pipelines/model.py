@@ -1,92 +1,165 @@
-"""Models described by a manifest (``model.yaml``) and run through TensorFlow.
+"""Trained models loaded from their manifest and run through TensorFlow.
 
-A manifest folder holds ``model.yaml`` and the exported model it names::
+Three formats (``model.format`` in ``model.yaml``):
 
-    name: lung-ct-threshold
-    version: "1.0.0"
-    format: tf-saved-model
-    path: saved_model            # relative to the manifest folder
-    signature: serving_default
-    inputs:
-      volume: {dtype: int16, shape: [null, null, null], description: "..."}
-      spacing: {dtype: float32, shape: [3], description: "..."}
-    outputs:
-      labels: {dtype: uint8, shape: [null, null, null], description: "..."}
+- ``saved-model``: a SavedModel folder, called through one signature;
+- ``keras``: a ``.keras`` file, called in inference mode;
+- ``frozen-graph``: a TF1 frozen ``GraphDef`` (``.pb``), imported into a
+  ``tf.compat.v1.wrap_function`` and pruned to the named input and output
+  tensors; other placeholders are fed the manifest's ``constants``.
 
-TensorFlow is imported only when a model is loaded, inside the process that
-runs it (a Celery worker child), never at import time.
+Each loaded model is wrapped in one ``tf.function`` whose input signature has
+a free batch axis (and the item shape the model declares), so it is traced
+once per (model, input signature) and never again per study or per batch size
+(``Model.tracing_count``). The same code runs on CPU and GPU; on a GPU, a
+manifest with ``mixed_precision: true`` turns on TensorFlow's automatic mixed
+precision graph rewrite.
+
+The model file's SHA-256 is checked against the manifest before loading
+(``pipelines.manifest.read_manifest``). TensorFlow is imported only when a
+model is loaded, inside the process that runs it, never at import time.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.base import PipelineFailed
+from pipelines.manifest import Manifest, read_manifest
 
 # TensorFlow's CPU kernels require tensor buffers aligned to this many bytes.
 TF_ALIGNMENT = 64
 
 
-class TensorSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dtype: str
-    shape: list[int | None]
-    description: str = ""
+class ModelFormatError(PipelineFailed):
+    """The model file does not have the tensors or shape the manifest names."""
 
 
-class ModelManifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+class Model:
+    """A loaded model: ``run(batch)`` for the generic pipeline, and for SavedModels
+    also ``model(**named_inputs)`` returning the signature's named outputs."""
 
-    name: str = Field(min_length=1, max_length=64)
-    version: str = Field(min_length=1, max_length=64)
-    format: Literal["tf-saved-model"] = "tf-saved-model"
-    path: str = "saved_model"
-    signature: str = "serving_default"
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
-    description: str = ""
-
-
-def read_manifest(folder: Path) -> ModelManifest:
-    """Read and validate ``folder/model.yaml``."""
-    with open(folder / "model.yaml", encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh)
-    return ModelManifest.model_validate(raw)
-
-
-class SavedModel:
-    """A loaded TensorFlow SavedModel called through its manifest's signature.
-
-    Call with numpy arrays keyed by input name; returns numpy arrays keyed by
-    output name. Inputs are cast to the dtypes the manifest declares.
-    """
-
-    def __init__(self, folder: Path, manifest: ModelManifest) -> None:
+    def __init__(self, manifest: Manifest) -> None:
         import tensorflow as tf  # heavy; imported in the process that runs the model
 
         self.manifest = manifest
         self._tf = tf
-        self._loaded = tf.saved_model.load(str(folder / manifest.path))
-        self._fn = self._loaded.signatures[manifest.signature]
+        if manifest.model.mixed_precision and tf.config.list_physical_devices("GPU"):
+            # A process-wide graph rewrite (float16 where safe); only on a GPU, where
+            # the manifest allows it. CPU runs stay float32.
+            tf.config.optimizer.set_experimental_options({"auto_mixed_precision": True})
+        loader = {
+            "saved-model": self._load_saved_model,
+            "keras": self._load_keras,
+            "frozen-graph": self._load_frozen_graph,
+        }[manifest.model.format]
+        call, item_shape = loader(Path(manifest.model_path))
+        if manifest.model.input_shape is not None:
+            item_shape = list(manifest.model.input_shape)
+        self.item_shape: list[int | None] = item_shape
+        spec = tf.TensorSpec([None, *item_shape], manifest.model.input_dtype)
+        self._traced = tf.function(call, input_signature=[spec])
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.manifest.name, self.manifest.version)
 
+    @property
+    def tracing_count(self) -> int:
+        """How often the model's function was traced in this process (1 after use)."""
+        return int(self._traced.experimental_get_tracing_count())
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """One call: ``batch`` has the batch axis first, then the item shape."""
+        array = np.asarray(batch, dtype=self.manifest.model.input_dtype)
+        return np.asarray(self._traced(self._tensor(array)))
+
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        missing = set(self.manifest.inputs) - set(inputs)
+        """Call a SavedModel's signature with named inputs (cast to its dtypes)."""
+        signature = getattr(self, "_signature", None)
+        if signature is None:
+            raise TypeError(f"model {self.manifest.name} takes one input: use run()")
+        _, specs = signature.structured_input_signature
+        missing = set(specs) - set(inputs)
         if missing:
             raise TypeError(f"model {self.manifest.name} needs inputs {sorted(missing)}")
         tensors = {
-            name: self._tensor(np.asarray(inputs[name], dtype=spec.dtype))
-            for name, spec in self.manifest.inputs.items()
+            name: self._tensor(np.asarray(inputs[name], dtype=spec.dtype.as_numpy_dtype))
+            for name, spec in specs.items()
         }
-        result: dict[str, Any] = self._fn(**tensors)
-        return {name: result[name].numpy() for name in self.manifest.outputs}
+        result: dict[str, Any] = signature(**tensors)
+        return {name: value.numpy() for name, value in result.items()}
+
+    def _load_saved_model(self, path: Path) -> tuple[Any, list[int | None]]:
+        loaded = self._tf.saved_model.load(str(path))
+        self._loaded = loaded  # keeps the signature's variables alive
+        try:
+            self._signature = loaded.signatures[self.manifest.model.signature]
+        except KeyError:
+            raise ModelFormatError(
+                f"model.signature: {self.manifest.model.signature!r} is not in the SavedModel"
+            ) from None
+        _, specs = self._signature.structured_input_signature
+        name = self.manifest.model.input or next(iter(specs))
+        if name not in specs:
+            raise ModelFormatError(f"model.input: the signature has no input {name!r}")
+        output = self.manifest.model.output
+        signature = self._signature
+
+        def call(x: Any) -> Any:
+            result = signature(**{name: x})
+            return result[output] if output else next(iter(result.values()))
+
+        return call, list(specs[name].shape)[1:]
+
+    def _load_keras(self, path: Path) -> tuple[Any, list[int | None]]:
+        import keras
+
+        net = keras.saving.load_model(str(path), compile=False)
+        self._net = net
+        output = self.manifest.model.output
+
+        def call(x: Any) -> Any:
+            result = net(x, training=False)
+            if isinstance(result, dict):
+                return result[output] if output else next(iter(result.values()))
+            if isinstance(result, (list, tuple)):
+                return result[0]
+            return result
+
+        return call, list(net.inputs[0].shape)[1:]
+
+    def _load_frozen_graph(self, path: Path) -> tuple[Any, list[int | None]]:
+        tf = self._tf
+        graph_def = tf.compat.v1.GraphDef()
+        graph_def.ParseFromString(path.read_bytes())
+        wrapped = tf.compat.v1.wrap_function(
+            lambda: tf.compat.v1.import_graph_def(graph_def, name=""), []
+        )
+        graph = wrapped.graph
+        model = self.manifest.model
+        try:
+            image = graph.get_tensor_by_name(model.input)
+            fixed = [graph.get_tensor_by_name(name) for name in model.constants]
+            fetch = graph.get_tensor_by_name(model.output)
+        except (KeyError, ValueError) as exc:
+            raise ModelFormatError(
+                f"a tensor the manifest names is not in the graph ({exc})"
+            ) from None
+        pruned = wrapped.prune(feeds=[image, *fixed], fetches=fetch)
+        values = [
+            tf.constant(value, dtype=tensor.dtype)
+            for value, tensor in zip(model.constants.values(), fixed, strict=True)
+        ]
+
+        def call(x: Any) -> Any:
+            return pruned(x, *values)
+
+        shape = image.shape.as_list() if image.shape.rank is not None else []
+        return call, shape[1:]
 
     def _tensor(self, array: np.ndarray) -> Any:
         """A tensor sharing ``array``'s memory where TensorFlow allows it.
@@ -103,6 +176,10 @@ class SavedModel:
         return self._tf.convert_to_tensor(array)
 
 
+# The lung tests and the lung hook know the loaded model by this name.
+SavedModel = Model
+
+
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialised array whose data starts on a ``TF_ALIGNMENT`` boundary, so a
     model can read it without a copy. Same use as ``np.empty``."""
@@ -113,6 +190,18 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
-def load_model(folder: Path) -> SavedModel:
-    """Load the model a manifest folder describes."""
-    return SavedModel(folder, read_manifest(folder))
+def load_model(folder: Path) -> Model:
+    """Check and load the model a manifest folder describes."""
+    return Model(read_manifest(folder))
+
+
+def configure_threads(intra_op: int, inter_op: int) -> None:
+    """TensorFlow's thread pools (0: TensorFlow's default). Must run before the
+    first model loads in the process; later calls are ignored by TensorFlow."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:  # the runtime is already initialised in this process
+        pass

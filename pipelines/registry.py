@@ -1,21 +1,116 @@
-"""The built-in pipelines, listed explicitly (no import side effects, no plugins)."""
+"""Where pipelines come from: manifest folders, and nothing else.
+
+The built-in pipelines are manifest folders shipped as package data
+(``BUILTIN``); a site adds its own with ``models:`` in config.yaml (folders
+holding ``model.yaml``). Code only enters through named hooks (``HOOKS``, a
+dict literal) that a manifest may name for a stage; no import side effects,
+no plugins.
+
+A manifest that cannot be used is refused with its error (file, key, line)
+and the other pipelines stay available (``Catalog.refused``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
 from pipelines.base import Pipeline
+from pipelines.generic import Hooks, ManifestPipeline
 from pipelines.lung import LungCT
+from pipelines.manifest import Manifest, ManifestError, read_manifest
 
-BUILTIN: dict[str, Callable[[], Pipeline]] = {
-    "lung-ct": LungCT,
+logger = logging.getLogger(__name__)
+
+# Built-in pipelines: name -> manifest folder inside the ``pipelines`` package.
+BUILTIN: dict[str, str] = {
+    "lung-ct": "models/lung_ct",
+    "brain-t1": "models/brain_t1",
 }
+
+_lung = LungCT()
+HOOKS: Hooks = {
+    "lung-ct.prepare": _lung.prepare,
+    "lung-ct.infer": _lung.infer,
+    "lung-ct.encode": _lung.encode,
+}
+
+
+def builtin_folder(relative: str) -> Path:
+    folder: Any = resources.files("pipelines")
+    for part in relative.split("/"):
+        folder = folder.joinpath(part)
+    return Path(str(folder))
+
+
+@dataclass
+class Catalog:
+    """The pipelines that loaded, by name, and the folders that were refused
+    with their error (``label`` is the manifest's name when it could be read,
+    else the folder)."""
+
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Callable[[], Pipeline]] = field(default_factory=dict)
+
+    def names(self) -> set[str]:
+        return set(self.manifests) | set(self.refused) | set(self.extra)
+
+    def get(self, name: str) -> Pipeline:
+        """A pipeline by name. ``KeyError`` for an unknown name; ``ManifestError``
+        for one whose manifest was refused."""
+        if name in self.extra:
+            return self.extra[name]()
+        if name in self.manifests:
+            return ManifestPipeline(self.manifests[name], HOOKS)
+        if name in self.refused:
+            raise ManifestError(self.refused[name])
+        known = ", ".join(sorted(self.names()))
+        raise KeyError(f"unknown pipeline {name!r}; known: {known}")
+
+
+def discover(folders: Iterable[Path] = (), verify: bool = True) -> Catalog:
+    """The built-in manifests, then those in ``folders`` (a later one with the
+    same name replaces an earlier one, with a warning)."""
+    catalog = Catalog()
+    candidates = [builtin_folder(rel) for rel in BUILTIN.values()] + [Path(f) for f in folders]
+    for folder in candidates:
+        try:
+            manifest = read_manifest(folder, verify=verify)
+        except ManifestError as exc:
+            label = _name_in(folder) or str(folder)
+            catalog.refused[label] = str(exc)
+            logger.error("model folder %s refused: %s", folder, exc)
+            continue
+        unknown = set(manifest.hooks.values()) - set(HOOKS)
+        if unknown:
+            message = f"{folder}/model.yaml: hooks: unknown hook(s) {', '.join(sorted(unknown))}"
+            catalog.refused[manifest.name] = message
+            logger.error("model folder %s refused: %s", folder, message)
+            continue
+        if manifest.name in catalog.manifests:
+            logger.warning("model folder %s replaces pipeline %s", folder, manifest.name)
+        catalog.manifests[manifest.name] = manifest
+        catalog.refused.pop(manifest.name, None)
+    return catalog
+
+
+def _name_in(folder: Path) -> str | None:
+    """The ``name:`` of a manifest that did not validate, if it has a usable one."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((folder / "model.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def get(name: str) -> Pipeline:
     """A new instance of the built-in pipeline called ``name``."""
-    try:
-        factory = BUILTIN[name]
-    except KeyError:
-        raise KeyError(f"unknown pipeline {name!r}; known: {', '.join(sorted(BUILTIN))}") from None
-    return factory()
+    return discover().get(name)

@@ -64,7 +64,7 @@ def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
     _check_consistent(datasets)
     row, col = _axial_cosines(datasets[0])
     normal = np.cross(row, col)
-    order, z_spacing = _slice_order(datasets, normal)
+    order, z_spacing = _slice_order(datasets, normal, float(np.sign(normal[2])))
     flip_x, flip_y = bool(row[0] < 0), bool(col[1] < 0)
     voxels = _read_voxels([datasets[i] for i in order], flip_y=flip_y, flip_x=flip_x)
     dy, dx = (float(v) for v in datasets[0].PixelSpacing)
@@ -145,10 +145,13 @@ def _axial_cosines(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return row, col
 
 
-def _slice_order(datasets: Sequence[Dataset], normal: np.ndarray) -> tuple[list[int], float]:
-    """Indices of ``datasets`` from feet to head, and the mean slice spacing in mm."""
+def _slice_order(
+    datasets: Sequence[Dataset], normal: np.ndarray, sign: float
+) -> tuple[list[int], float]:
+    """Indices of ``datasets`` in increasing order along ``sign * normal`` (feet to
+    head for axial CT), and the mean slice spacing in mm."""
     positions = np.asarray([ds.ImagePositionPatient for ds in datasets], dtype=float)
-    along = positions @ normal * np.sign(normal[2])
+    along = positions @ normal * sign
     order = [int(i) for i in np.argsort(along, kind="stable")]
     along = along[order]
     gaps = np.diff(along)
@@ -251,3 +254,54 @@ def _without_pixels(ds: Dataset) -> Dataset:
 
 def _mm(values: np.ndarray) -> str:
     return "\\".join(f"{v:g}" for v in values)
+
+
+def load_image_stack(datasets: Sequence[Dataset]) -> Volume:
+    """Single-frame images of any plane (axial, coronal, sagittal, oblique) ->
+    a float32 ``Volume`` in the stored frame order.
+
+    ``voxels``: (slices, Rows, Columns) float32 after the modality rescale, the
+    slices sorted along the normal of the image plane (row cosine x column
+    cosine); frames are not flipped, so ``to_source_frames`` is the identity.
+    ``axes``: the patient direction (nearest of L/R, P/A, S/I) each array axis
+    points to, e.g. "SPL" for axial images stored the usual way.
+    """
+    if len(datasets) < 2:
+        raise SeriesNotUsable(f"needs at least 2 slices to form a volume, found {len(datasets)}")
+    for index, ds in enumerate(datasets):
+        _check_instance(ds, index)
+    _check_consistent(datasets)
+    iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=0.01):
+        raise SeriesNotUsable(
+            f"{attr('ImageOrientationPatient')} is {_mm(iop)}; the row and column "
+            "directions must be perpendicular unit vectors"
+        )
+    order, z_spacing = _slice_order(datasets, normal, 1.0)
+    ordered = [datasets[i] for i in order]
+    rows, cols = int(ordered[0].Rows), int(ordered[0].Columns)
+    voxels = aligned_empty((len(ordered), rows, cols), np.float32)
+    for z, ds in enumerate(ordered):
+        voxels[z] = _rescaled(_decode(ds, z), ds)
+    dy, dx = (float(v) for v in ordered[0].PixelSpacing)
+    return Volume(
+        voxels=voxels,
+        spacing=(z_spacing, dy, dx),
+        sources=[_without_pixels(ds) for ds in ordered],
+        axes="".join(_direction(v) for v in (normal, col, row)),
+        meta={"slices": len(order)},
+    )
+
+
+def _direction(vector: np.ndarray) -> str:
+    """The patient direction (LPS letters, or their opposites) nearest ``vector``."""
+    axis = int(np.argmax(np.abs(vector)))
+    return ("LPS" if vector[axis] > 0 else "RAI")[axis]
+
+
+def _rescaled(plane: np.ndarray, ds: Dataset) -> np.ndarray:
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return plane.astype(np.float32) * np.float32(slope) + np.float32(intercept)

@@ -52,10 +52,22 @@ class CeleryBackend:
             command += ["--config", str(Path(config).resolve())]
         return command
 
-    def pipeline_names(self) -> set[str]:
-        from pipelines.registry import BUILTIN
+    def pipeline_names(self, settings: Settings) -> set[str]:
+        """Pipelines from manifests (built-in and ``models:``), including refused
+        ones (their jobs fail with the manifest's error), and code pipelines."""
+        from pipelines.registry import discover
 
-        return set(BUILTIN) | set(self.pipelines)
+        return discover(settings.models).names() | set(self.pipelines)
+
+    def list_models(self, settings: Settings) -> int:
+        from workers.catalog import list_models
+
+        return list_models(settings.models, self.pipelines)
+
+    def check_model(self, folder: Path) -> int:
+        from workers.catalog import check_model
+
+        return check_model(folder)
 
     def run_worker(self, settings: Settings, queues: list[str], concurrency: int | None) -> int:
         from workers.tasks import register

@@ -37,8 +37,8 @@ from pydicom.dataset import Dataset
 from dicom_node.jobspec import JobOutcome, JobRequest
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool, TicketFolder, UnsafeUid
-from pipelines import registry
 from pipelines.base import Pipeline, PipelineFailed, SeriesNotUsable
+from pipelines.manifest import ManifestError
 from pipelines.runner import StageError, run_series, summarize
 from pipelines.sources import describe
 from pipelines.uids import DerivedUids
@@ -176,10 +176,10 @@ def execute(
     return outcome
 
 
-def _lookup(name: str, extra: PipelineFactories) -> Pipeline:
+def _lookup(name: str, extra: PipelineFactories, models: ModelCache) -> Pipeline:
     if name in extra:
         return extra[name]()
-    return registry.get(name)
+    return models.catalog.get(name)
 
 
 def _run(
@@ -193,10 +193,12 @@ def _run(
         return JobOutcome(status, reason, worker=_worker_name(), finished_at=time.time())  # type: ignore[arg-type]
 
     try:
-        pipeline = _lookup(request.pipeline, extra)
+        pipeline = _lookup(request.pipeline, extra, models)
         paths = [spool.input_path(p) for p in request.inputs]
     except KeyError:
         return ended("failed", f"unknown pipeline {request.pipeline!r}")
+    except ManifestError as exc:
+        return ended("failed", f"the manifest of pipeline {request.pipeline!r} was refused: {exc}")
     except UnsafeUid as exc:
         return ended("failed", str(exc))
     uids = DerivedUids(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pipelines.base import Pipeline, PipelineError
+from pipelines.registry import Catalog, discover
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +22,25 @@ class ModelLoadFailed(Exception):
 
 
 class ModelCache:
-    def __init__(self) -> None:
+    """Loaded models of this process, and the catalog of pipelines they come from.
+
+    ``folders``: the config's ``models:``; ``threads``: TensorFlow's (intra-op,
+    inter-op) thread counts, applied before the first model loads."""
+
+    def __init__(self, folders: Sequence[Path] = (), threads: tuple[int, int] = (0, 0)) -> None:
         self._models: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        self._folders = list(folders)
+        self._threads = threads
+        self._catalog: Catalog | None = None
         self.broken = False
+
+    @property
+    def catalog(self) -> Catalog:
+        """The pipelines from the built-in and configured manifest folders, read once."""
+        if self._catalog is None:
+            self._catalog = discover(self._folders)
+        return self._catalog
 
     def get(self, pipeline: Pipeline) -> Any:
         key = (pipeline.spec.name, pipeline.spec.version)
@@ -30,6 +48,10 @@ class ModelCache:
             if key not in self._models:
                 started = time.perf_counter()
                 try:
+                    if not self._models and any(self._threads):
+                        from pipelines.model import configure_threads
+
+                        configure_threads(*self._threads)
                     self._models[key] = pipeline.load_model()
                 except PipelineError:
                     raise

@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 def register(app: Celery, settings: Settings, pipelines: PipelineFactories | None = None) -> Any:
-    models = ModelCache()
+    models = ModelCache(
+        settings.models, (settings.workers.intra_op_threads, settings.workers.inter_op_threads)
+    )
 
     @app.task(
         name=TASK_NAME,

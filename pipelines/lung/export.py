@@ -3,7 +3,8 @@
     python -m pipelines.lung.export [--out DIR]
 
 writes ``DIR/saved_model/`` and ``DIR/model.yaml`` (default DIR: the package's
-``pipelines/models/lung_ct``). The model has no weights: the folder holds only
+``pipelines/models/lung_ct``), the manifest being the shipped one with the new
+export's SHA-256. The model has no weights: the folder holds only
 the graph, so it is small enough to ship as package data.
 """
 
@@ -11,50 +12,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 from pathlib import Path
 
-import yaml
-
-from pipelines.model import ModelManifest, TensorSpec
+from pipelines.manifest import MANIFEST_FILE, model_checksum, read_manifest
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "lung_ct"
-
-MANIFEST = ModelManifest(
-    name="lung-ct-threshold",
-    version="1.0.0",
-    format="tf-saved-model",
-    path="saved_model",
-    signature="serving_default",
-    description=(
-        "Lungs in chest CT by HU thresholds, morphology and connected components as a "
-        "TensorFlow graph (no learned weights); labels 0 outside, 1 body, 2 right lung, "
-        "3 left lung."
-    ),
-    inputs={
-        "volume": TensorSpec(
-            dtype="int16",
-            shape=[None, None, None],
-            description="CT volume (z, y, x) in Hounsfield units, canonical LPS orientation: "
-            "x toward patient left, y toward posterior, z toward head; any z >= 1",
-        ),
-        "spacing": TensorSpec(
-            dtype="float32",
-            shape=[3],
-            description="voxel spacing (z, y, x) in mm; z is the distance between slice centres",
-        ),
-    },
-    outputs={
-        "labels": TensorSpec(
-            dtype="uint8",
-            shape=[None, None, None],
-            description="label map (z, y, x) like volume: 0 outside the body, 1 body not "
-            "lung, 2 right lung, 3 left lung",
-        ),
-    },
-)
+SAVED_MODEL = "saved_model"
+SIGNATURE = "serving_default"
 
 
 def export(out: Path) -> Path:
@@ -63,17 +31,18 @@ def export(out: Path) -> Path:
 
     from pipelines.lung.graph import build
 
+    template = (DEFAULT_OUT / MANIFEST_FILE).read_text(encoding="utf-8")
     module = build()
-    target = out / MANIFEST.path
+    target = out / SAVED_MODEL
     if target.exists():
         shutil.rmtree(target)
     out.mkdir(parents=True, exist_ok=True)
     signature = module.__call__.get_concrete_function()
-    tf.saved_model.save(module, str(target), signatures={MANIFEST.signature: signature})
-    manifest = MANIFEST.model_dump(mode="json", exclude_defaults=False)
-    with open(out / "model.yaml", "w", encoding="utf-8") as fh:
-        yaml.safe_dump(manifest, fh, sort_keys=False, allow_unicode=True)
-    logger.info("exported %s %s to %s", MANIFEST.name, MANIFEST.version, out)
+    tf.saved_model.save(module, str(target), signatures={SIGNATURE: signature})
+    text = re.sub(r"(?m)^(  sha256: )[0-9a-f]{64}$", rf"\g<1>{model_checksum(target)}", template)
+    (out / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    manifest = read_manifest(out)
+    logger.info("exported %s %s to %s", manifest.name, manifest.version, out)
     return out
 
 

@@ -27,14 +27,15 @@ def test_unknown_pipeline_in_a_rule_is_a_config_error(tmp_path):
     )
     result = dicom_node("check-config", "--config", "config.yaml", cwd=tmp_path)
     assert result.returncode == 2
-    assert "rules.0.pipeline: unknown pipeline 'liver-mr' (known: lung-ct)" in result.stderr
+    expected = "rules.0.pipeline: unknown pipeline 'liver-mr' (known: brain-t1, lung-ct)"
+    assert expected in result.stderr
 
 
 def test_shipped_config_checks_clean_when_copied_elsewhere(tmp_path):
     (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
     result = dicom_node("check-config", "--config", "config.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "OK (1 rule(s))" in result.stdout
+    assert "OK (2 rule(s))" in result.stdout
 
 
 def test_status_of_a_new_node_and_retry_of_an_unknown_job(tmp_path):

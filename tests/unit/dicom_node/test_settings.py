@@ -17,7 +17,7 @@ def test_shipped_config_routes_chest_ct_to_lung_pipeline_and_archive():
     settings = load_settings(REPO / "config.yaml")
     assert settings.node.ae_title == "DICOM-NODE"
     assert settings.broker.embedded
-    [rule] = settings.rules
+    rule = next(r for r in settings.rules if r.name == "chest-ct-lungs")
     assert rule.pipeline == "lung-ct"
     assert rule.destinations == ["archive"]
     assert set(settings.destinations) == {"archive"}

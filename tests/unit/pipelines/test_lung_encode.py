@@ -207,7 +207,7 @@ def test_model_output_of_the_wrong_shape_fails_the_job() -> None:
 
 
 def test_registry_names_the_known_pipelines_for_an_unknown_name() -> None:
-    with pytest.raises(KeyError, match="unknown pipeline 'lung-mr'; known: lung-ct"):
+    with pytest.raises(KeyError, match="unknown pipeline 'lung-mr'; known: brain-t1, lung-ct"):
         get("lung-mr")
 
 
