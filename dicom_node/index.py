@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dicom_node import facts as header
@@ -81,12 +81,29 @@ class Index:
         self.db = db
         self._facts: dict[str, tuple[int, header.SeriesFacts]] = {}
 
-    def record(self, rec: InstanceRecord, now: float | None = None) -> tuple[bool, str | None]:
+    def record(
+        self,
+        rec: InstanceRecord,
+        now: float | None = None,
+        place: Callable[[], None] | None = None,
+        remove: Callable[[str], None] | None = None,
+    ) -> tuple[bool, str | None]:
         """Index a stored instance. Returns (new, replaced_path): ``new`` is False
-        for a duplicate SOP Instance UID; ``replaced_path`` is an older file of
-        the same instance stored under another path, which the caller removes."""
+        for a duplicate SOP Instance UID; ``replaced_path`` is an older file of the
+        same instance filed under another series, left for the caller to remove
+        when no ``remove`` was given.
+
+        ``place`` (the file's move into the spool) runs inside the write
+        transaction, and so does ``remove`` of an older copy of the instance filed
+        under another series: a purge, which holds the same lock while it deletes
+        files and rows, never runs between a file's move and its row. A crash
+        after the move and before the commit leaves a file without a row, which
+        ``unindexed`` finds at the next start (it was never answered Success).
+        """
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
+            if place is not None:
+                place()
             old = conn.execute(
                 "SELECT path, series_uid FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
             ).fetchone()
@@ -95,7 +112,8 @@ class Index:
                 " size, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(sop_uid) DO UPDATE SET series_uid = excluded.series_uid,"
                 " study_uid = excluded.study_uid, sop_class_uid = excluded.sop_class_uid,"
-                " path = excluded.path, size = excluded.size",
+                " path = excluded.path, size = excluded.size,"
+                " received_at = excluded.received_at",
                 (
                     rec.sop_uid,
                     rec.series_uid,
@@ -107,14 +125,21 @@ class Index:
                 ),
             )
             if old is not None and old["series_uid"] == rec.series_uid:
+                conn.execute(
+                    "UPDATE series SET last_received = ? WHERE series_uid = ?",
+                    (now, rec.series_uid),
+                )
                 return False, None
             if old is not None:
                 conn.execute(
                     "UPDATE series SET instances = instances - 1 WHERE series_uid = ?",
                     (old["series_uid"],),
                 )
-            self._count(conn, rec, now)
             replaced = old["path"] if old is not None and old["path"] != rec.path else None
+            if replaced is not None and remove is not None:
+                remove(replaced)
+                replaced = None
+            self._count(conn, rec, now)
             return True, replaced
 
     def _count(self, conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
@@ -268,12 +293,41 @@ class Index:
         )
         return [r["series_uid"] for r in rows]
 
-    def forget_series(self, series_uid: str) -> None:
+    def forget_series(
+        self,
+        series_uid: str,
+        remove: Callable[[str], None] | None = None,
+        received_before: float | None = None,
+    ) -> int:
+        """Delete a series' rows (and, with ``remove``, its files) in one transaction;
+        returns how many instances. With ``received_before``, nothing happens unless
+        the series is still purgeable then (no instance came since, no job pending):
+        an instance that arrives while a series is purged is never removed with it."""
         self._facts.pop(series_uid, None)
         with self.db.transaction() as conn:
+            if received_before is not None:
+                row = conn.execute(
+                    "SELECT 1 FROM series s JOIN studies st ON st.study_uid = s.study_uid"
+                    " WHERE s.series_uid = ? AND s.last_received < ?"
+                    " AND st.routed_revision = st.revision"
+                    " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid"
+                    "   AND j.state IN ('queued', 'running', 'failed'))",
+                    (series_uid, received_before),
+                ).fetchone()
+                if row is None:
+                    return 0
             row = conn.execute(
                 "SELECT study_uid FROM series WHERE series_uid = ?", (series_uid,)
             ).fetchone()
+            paths = [
+                r["path"]
+                for r in conn.execute(
+                    "SELECT path FROM instances WHERE series_uid = ?", (series_uid,)
+                )
+            ]
+            if remove is not None:
+                for path in paths:
+                    remove(path)
             conn.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
             conn.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
             if row is not None:
@@ -282,6 +336,12 @@ class Index:
                     " (SELECT 1 FROM series WHERE study_uid = ?)",
                     (row["study_uid"], row["study_uid"]),
                 )
+            return len(paths)
+
+    def unindexed(self, paths: Iterable[str]) -> list[str]:
+        """Those of ``paths`` (spool files) that no instance row names."""
+        known = {r["path"] for r in self.db.query("SELECT path FROM instances")}
+        return [p for p in paths if p not in known]
 
 
 _COLUMNS = (
