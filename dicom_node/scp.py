@@ -40,7 +40,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.facts import instance_facts
@@ -130,6 +130,7 @@ class Receiver:
             assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
             assoc.kill()  # waits until the A-ASSOCIATE-RJ is sent, as pynetdicom's own rejections
             return
+        _prefer_requestor_order(assoc)
         with self._lock:
             self._held[id(assoc)] = slot  # type: ignore[assignment]
 
@@ -274,6 +275,30 @@ class Receiver:
             (evt.EVT_ABORTED, self.handle_closed),
             (evt.EVT_CONN_CLOSE, self.handle_conn_close),
         ]
+
+
+def _prefer_requestor_order(assoc: Any) -> None:
+    """Accept, for each SOP class, the transfer syntax the requestor proposed first
+    (pynetdicom would take the first in our list). A sender that holds an image as
+    JPEG-LS proposes JPEG-LS first, and so sends it as it is: stored as received,
+    nothing transcoded, nothing lost, and no failure from a sender that cannot
+    decompress (dcmtk's storescu, Orthanc with AllowTranscoding off)."""
+    ours = {str(cx.abstract_syntax): cx for cx in assoc.acceptor.supported_contexts}
+    wanted: dict[str, list[Any]] = {}
+    for rq in assoc.requestor.primitive.presentation_context_definition_list:
+        supported = ours.get(str(rq.abstract_syntax))
+        if supported is None:
+            continue
+        order = wanted.setdefault(str(rq.abstract_syntax), [])
+        order += [str(ts) for ts in rq.transfer_syntax
+                  if ts in supported.transfer_syntax and str(ts) not in order]  # fmt: skip
+    contexts = []
+    for abstract, syntaxes in wanted.items():
+        cx = PresentationContext()
+        cx.abstract_syntax = abstract
+        cx.transfer_syntax = syntaxes
+        contexts.append(cx)
+    assoc.acceptor.supported_contexts = contexts
 
 
 def _ae(value: object) -> str:
