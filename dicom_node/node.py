@@ -29,8 +29,9 @@ from dicom_node.index import Index
 from dicom_node.jobs import Jobs
 from dicom_node.leader import LOOK_SECONDS, lease_for
 from dicom_node.outbox import Outbox, Sender
+from dicom_node.receivers import ReceiverProcesses
 from dicom_node.retention import purge_sources
-from dicom_node.scp import Receiver, start_server
+from dicom_node.scp import Receiver, reconcile_spool, start_server
 from dicom_node.settings import ConfigError, Settings, check_pipeline_names, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import open_database
@@ -181,7 +182,13 @@ class Node:
             backend.make_enqueue(settings),
             on_results=self.sender.wake.set,
         )
-        self.receiver = Receiver(self.spool, self.index, settings.storage.min_free_mb * 1024 * 1024)
+        self.receiver = Receiver(
+            self.spool,
+            self.index,
+            settings.storage.min_free_mb * 1024 * 1024,
+            settings.node,
+            settings.receive,
+        )
         self.workers = (
             EmbeddedWorkers(
                 backend.worker_command(settings, config),
@@ -193,10 +200,16 @@ class Node:
         )
         self._threads: list[threading.Thread] = []
         self.server: ThreadedAssociationServer | None = None
+        self.receivers: ReceiverProcesses | None = None
 
     def start(self) -> tuple[str, int]:
+        reconcile_spool(self.spool, self.index)
         self.server = start_server(self.settings.node, self.receiver)  # fails first, if at all
         host, port = self.server.server_address[:2]
+        if self.settings.receive.processes > 1:
+            extra = self.settings.receive.processes - 1
+            self.receivers = ReceiverProcesses(extra, self.config, port)
+            self.receivers.start()
         self.sender.active = lambda: self.leading
         self._lead()
         if self.workers is not None:
@@ -241,6 +254,8 @@ class Node:
                 self.dispatcher.tick()
                 if self.workers is not None:
                     self.workers.check()
+                if self.receivers is not None:
+                    self.receivers.check()
                 if time.time() - last_purge > 600:
                     last_purge = time.time()
                     purge_sources(self.index, self.spool, self.settings.storage, last_purge)
@@ -257,6 +272,8 @@ class Node:
         logger.info("stopping: no new associations")
         if self.server is not None:
             self.server.shutdown()
+        if self.receivers is not None:
+            self.receivers.stop()
         self.stop_event.set()
         self._tick.set()
         self.sender.wake.set()

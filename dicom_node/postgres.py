@@ -93,6 +93,7 @@ class PostgresDatabase:
         psycopg.errors.SerializationFailure,
         psycopg.errors.DeadlockDetected,
     )
+    dialect = "postgresql"
 
     def __init__(self, url: str, max_size: int = 16) -> None:
         self.url = redact(url)

@@ -10,6 +10,7 @@ setting. Relative paths resolve against the folder of the config file.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -73,6 +74,43 @@ class NodeSettings(_Section):
         if not re.fullmatch(r"([0-9]+\.)+", value) or len(value) > 40:
             raise ValueError("a UID root is digits and dots, ends with a dot, ≤ 40 characters")
         return value
+
+
+class Peer(_Section):
+    """One allowed sender: its calling AE title and, optionally, its address or network."""
+
+    ae_title: AeTitle
+    network: str | None = None  # "10.1.2.3", "10.1.0.0/16", "fd00::/8"; None: any
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address or network: {exc}") from None
+        return value
+
+
+class ReceiveSettings(_Section):
+    """Limits of the receiving edge (the SCP). Defaults measured on 2 cores; see
+    docs/operations.md."""
+
+    # Receiving processes sharing the port (SO_REUSEPORT), each a full SCP on the
+    # one spool and index. 1: the node process receives alone.
+    processes: Annotated[int, Field(ge=1, le=64)] = 1
+    max_pdu_bytes: Annotated[int, Field(ge=0, le=2**32 - 1)] = 1048576  # 0: unlimited
+    max_instance_mb: Annotated[float, Field(gt=0)] = 2048.0
+    max_inflated_mb: Annotated[float, Field(gt=0)] = 2048.0
+    acse_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    dimse_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    network_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Concurrent associations one calling AE title (at one address) may hold,
+    # across all receiving processes.
+    max_associations_per_peer: Annotated[int, Field(ge=1, le=1000)] = 4
+    # Allowed senders. Empty (and node.allowed_calling_aets empty): any calling AE.
+    peers: list[Peer] = Field(default_factory=list)
 
 
 class StorageSettings(_Section):
@@ -146,6 +184,7 @@ class Destination(_Section):
 
 class Settings(_Section):
     node: NodeSettings = NodeSettings()
+    receive: ReceiveSettings = ReceiveSettings()
     storage: StorageSettings = StorageSettings()
     broker: BrokerSettings = BrokerSettings()
     workers: WorkerSettings = WorkerSettings()

@@ -21,7 +21,9 @@ table on both; a database newer than this code is refused, never written.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -117,6 +119,8 @@ ADDED_COLUMNS: tuple[tuple[int, str, str, str], ...] = (
     (3, "jobs", "lane", "TEXT NOT NULL DEFAULT 'normal'"),
     (3, "jobs", "priority", "{big} NOT NULL DEFAULT 5"),
     (3, "jobs", "parameters", "TEXT NOT NULL DEFAULT '{{}}'"),
+    # 4: the facts' revision, so a receiver re-reads them only when another changed them
+    (4, "series", "facts_rev", "{big} NOT NULL DEFAULT 0"),
 )
 SCHEMA_VERSION = max(version for version, *_ in ADDED_COLUMNS)
 
@@ -154,6 +158,7 @@ class Database(Protocol):
 
     transient_errors: tuple[type[BaseException], ...]
     url: str
+    dialect: str  # "sqlite" or "postgresql", for the few statements that differ
 
     def transaction(self) -> AbstractContextManager[Connection]: ...
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
@@ -191,12 +196,14 @@ class SqliteDatabase:
     """Hands each thread its own connection to the same SQLite file."""
 
     transient_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
+    dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.url = str(self.path)
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._lock_fd: int | None = None
         with self._write_lock:
             conn = self.connection()
             conn.executescript(SCHEMA.format(**SQLITE_TYPES))  # commits by itself
@@ -233,17 +240,26 @@ class SqliteDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction; writers in this process queue on one lock
-        instead of spinning on SQLITE_BUSY."""
+        """A write transaction; writers queue on one lock instead of spinning on
+        SQLITE_BUSY: a thread lock within the process and an ``flock`` on
+        ``<database>.lock`` between processes (several receiving processes share
+        one index), which wakes the next writer at once where SQLite's busy
+        handler would sleep."""
         conn = self.connection()
         with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
+            if self._lock_fd is None:
+                self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def lock(self, conn: Connection, key: str) -> None:
         """Nothing to do: BEGIN IMMEDIATE already makes write transactions serial."""
@@ -252,6 +268,9 @@ class SqliteDatabase:
         return self.connection().execute(sql, tuple(params)).fetchall()
 
     def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
