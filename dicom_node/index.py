@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dicom_node import facts as header
@@ -75,8 +75,11 @@ class SeriesSummary:
 
 
 class Index:
+    FACTS_CACHE = 256  # series whose facts a receiver keeps in memory
+
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._facts: dict[str, tuple[int, header.SeriesFacts]] = {}
 
     def record(
         self,
@@ -139,8 +142,7 @@ class Index:
             self._count(conn, rec, now)
             return True, replaced
 
-    @staticmethod
-    def _count(conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
+    def _count(self, conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
         conn.execute(
             "INSERT INTO studies (study_uid, revision, first_received, last_received)"
             " VALUES (?, 1, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
@@ -164,16 +166,45 @@ class Index:
                 now,
             ),
         )
+        self._merge_facts(conn, rec, now)
+
+    def _merge_facts(self, conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
+        """Merge an instance's facts into its series' row. The series' facts are
+        cached by revision: they are read again only when another process changed
+        them, and written only when they changed (see ``facts.merge``)."""
         row = conn.execute(
-            "SELECT facts, first_received FROM series WHERE series_uid = ?", (rec.series_uid,)
+            "SELECT instances, facts_rev, first_received FROM series WHERE series_uid = ?",
+            (rec.series_uid,),
         ).fetchone()
-        facts = json.loads(row["facts"]) if rec.facts else {}
-        if header.merge(facts, rec.facts) or row["first_received"] is None:
+        first = row["instances"] <= 1 or row["first_received"] is None
+        if first:
             conn.execute(
-                "UPDATE series SET facts = ?, first_received = COALESCE(first_received, ?)"
+                "UPDATE series SET first_received = COALESCE(first_received, ?)"
                 " WHERE series_uid = ?",
-                (json.dumps(facts) if rec.facts else row["facts"], now, rec.series_uid),
+                (now, rec.series_uid),
             )
+        if not rec.facts:
+            return
+        cached = self._facts.get(rec.series_uid)
+        if first:
+            facts: header.SeriesFacts = {}
+        elif cached is not None and cached[0] == row["facts_rev"]:
+            facts = cached[1]
+        else:
+            text = conn.execute(
+                "SELECT facts FROM series WHERE series_uid = ?", (rec.series_uid,)
+            ).fetchone()["facts"]
+            facts = json.loads(text)
+        rev = row["facts_rev"]
+        if header.merge(facts, rec.facts, first):
+            rev += 1
+            conn.execute(
+                "UPDATE series SET facts = ?, facts_rev = ? WHERE series_uid = ?",
+                (json.dumps(facts), rev, rec.series_uid),
+            )
+        if len(self._facts) >= self.FACTS_CACHE and rec.series_uid not in self._facts:
+            self._facts.clear()
+        self._facts[rec.series_uid] = (rev, facts)
 
     def mark_released(self, series_uids: list[str], now: float | None = None) -> None:
         """The association that sent instances of these series was released."""
@@ -198,20 +229,28 @@ class Index:
                 (revision, study_uid),
             )
 
-    def series_of(self, study_uid: str) -> list[SeriesSummary]:
-        rows = self.db.query(f"{_SERIES} WHERE study_uid = ? ORDER BY series_uid", (study_uid,))
-        return [_summary(r) for r in rows]
-
-    def recent_studies(self, limit: int) -> list[list[SeriesSummary]]:
-        """The series of the ``limit`` studies received last, newest study first."""
+    def series_of(self, study_uid: str, keys: Sequence[str] | None = None) -> list[SeriesSummary]:
+        """The series of a study; with ``keys``, only those facts are read (SQLite
+        extracts them, which is much cheaper than decoding every fact)."""
+        select, params = _select(keys)
         rows = self.db.query(
-            f"{_SERIES} WHERE study_uid IN (SELECT study_uid FROM studies"
+            f"{select} WHERE study_uid = ? ORDER BY series_uid", (*params, study_uid)
+        )
+        return [_summary(r, keys) for r in rows]
+
+    def recent_studies(
+        self, limit: int, keys: Sequence[str] | None = None
+    ) -> list[list[SeriesSummary]]:
+        """The series of the ``limit`` studies received last, newest study first."""
+        select, params = _select(keys)
+        rows = self.db.query(
+            f"{select} WHERE study_uid IN (SELECT study_uid FROM studies"
             " ORDER BY last_received DESC LIMIT ?)",
-            (limit,),
+            (*params, limit),
         )
         by_study: dict[str, list[SeriesSummary]] = {}
         for r in rows:
-            by_study.setdefault(r["study_uid"], []).append(_summary(r))
+            by_study.setdefault(r["study_uid"], []).append(_summary(r, keys))
         order = self.db.query(
             "SELECT study_uid FROM studies ORDER BY last_received DESC LIMIT ?", (limit,)
         )
@@ -264,6 +303,7 @@ class Index:
         returns how many instances. With ``received_before``, nothing happens unless
         the series is still purgeable then (no instance came since, no job pending):
         an instance that arrives while a series is purged is never removed with it."""
+        self._facts.pop(series_uid, None)
         with self.db.transaction() as conn:
             if received_before is not None:
                 row = conn.execute(
@@ -304,16 +344,32 @@ class Index:
         return [p for p in paths if p not in known]
 
 
-_SERIES = (
-    "SELECT study_uid, series_uid, modality, body_part, description, protocol_name,"
-    " manufacturer, sop_class_uid, instances, facts, first_received, last_received,"
-    " released_at FROM series"
+_COLUMNS = (
+    "study_uid, series_uid, modality, body_part, description, protocol_name,"
+    " manufacturer, sop_class_uid, instances, first_received, last_received, released_at"
 )
 
 
-def _summary(row: sqlite3.Row) -> SeriesSummary:
+def _select(keys: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+    if keys is None:
+        return f"SELECT {_COLUMNS}, facts FROM series", ()
+    paths = tuple(f'$."{key}"' for key in (header.PARTIAL, *keys))
+    marks = ", ".join("?" * (len(paths) + 1))  # two paths at least: an array comes back
+    return f"SELECT {_COLUMNS}, json_extract(facts, {marks}) AS facts FROM series", (
+        *paths,
+        '$."00080060"',
+    )
+
+
+def _summary(row: sqlite3.Row, keys: Sequence[str] | None = None) -> SeriesSummary:
     data = dict(row)
-    data["facts"] = json.loads(data["facts"])
+    if keys is None:
+        data["facts"] = json.loads(data["facts"])
+    else:
+        values = json.loads(data["facts"]) if data["facts"] else []
+        data["facts"] = {
+            k: v for k, v in zip((header.PARTIAL, *keys), values, strict=False) if v is not None
+        }
     if data["first_received"] is None:
         data["first_received"] = data["last_received"]
     return SeriesSummary(**data)
