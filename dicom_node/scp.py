@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import tempfile
 import threading
 import weakref
@@ -366,11 +367,33 @@ def make_ae(node: NodeSettings, receive: ReceiveSettings) -> AE:
     return ae
 
 
+def start_servers(
+    settings: NodeSettings,
+    receiver: Receiver,
+    port: int | None = None,
+    tls_port: int | None = None,
+) -> list[ThreadedAssociationServer]:
+    """The plain listener on ``node.port`` (unless ``node.tls.only``) and the TLS
+    listener on ``node.tls.port`` (when ``node.tls``), in that order. ``port`` and
+    ``tls_port`` override the configured ports (port 0 picks a free port)."""
+    servers = []
+    tls = settings.tls
+    if tls is None or not tls.only:
+        servers.append(start_server(settings, receiver, port=port))
+    if tls is not None:
+        from dicom_node.tls import server_context
+
+        servers.append(start_server(settings, receiver, port=tls.port if tls_port is None
+                                    else tls_port, ssl_context=server_context(tls)))  # fmt: skip
+    return servers
+
+
 def start_server(
     settings: NodeSettings,
     receiver: Receiver,
     receive: ReceiveSettings | None = None,
     port: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ThreadedAssociationServer:
     """Listen on ``node.host:node.port`` (port 0 picks a free port), sharing the
     port with other receiving processes of the node."""
@@ -381,7 +404,8 @@ def start_server(
     # SO_REUSEPORT only when this node runs several receiving processes: otherwise a
     # second node started on the same port by mistake fails with "in use".
     server_class = _ReusePortServer if receive.processes > 1 else ThreadedAssociationServer
-    server = ae.make_server(address, evt_handlers=receiver.handlers(), server_class=server_class)
+    server = ae.make_server(address, evt_handlers=receiver.handlers(), server_class=server_class,
+                            ssl_context=ssl_context)  # fmt: skip
     ae._servers.append(server)  # as AE.start_server does, so server.shutdown() finds it
     thread = threading.Thread(target=server.serve_forever, name="scp", daemon=True)
     thread.start()
