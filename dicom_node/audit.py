@@ -65,9 +65,14 @@ def _named(items: dict[str, Any], prefix: str, old: dict[str, Any]) -> list[str]
 def changed_keys(old: Settings, new: Settings) -> list[str]:
     """The keys whose values differ, by name; rules by rule name."""
     keys: list[str] = []
-    for section in ("node", "storage", "broker", "workers", "send", "routing"):
+    for section in Settings.model_fields:
+        if section in ("destinations", "rules", "source"):
+            continue
         a, b = _dump(getattr(old, section)), _dump(getattr(new, section))
-        keys += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            keys.append(section)
     keys += _named(dict(new.destinations), "destinations", dict(old.destinations))
     keys += _named({r.name: r for r in new.rules}, "rules",
                    {r.name: r for r in old.rules})  # fmt: skip

@@ -18,7 +18,7 @@ def rules_test(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_shipped_rules_route_chest_ct_and_nothing_else(tmp_path):
+def test_shipped_rules_route_chest_ct_and_t1_brain_mr_and_nothing_else(tmp_path):
     by_series = write_cases(tmp_path / "in")
     (tmp_path / "in" / "notes.txt").write_text("not DICOM")
     result = rules_test("--config", str(REPO / "config.yaml"), "--json", str(tmp_path / "in"))
@@ -37,10 +37,12 @@ def test_shipped_rules_route_chest_ct_and_nothing_else(tmp_path):
                     "priority": 5,
                 }
             ], case
-            assert rec["not_matched"] == {}
+            assert "chest-ct-lungs" not in rec["not_matched"]
         else:
-            assert rec["matched"] == [], case.name
+            assert "chest-ct-lungs" not in {m["rule"] for m in rec["matched"]}, case.name
             assert rec["not_matched"]["chest-ct-lungs"], case.name
+        brain = [m for m in rec["matched"] if m["rule"] == "t1-brain-mr"]
+        assert [m["pipeline"] for m in brain] == (["brain-t1"] if case.brain else []), case.name
         assert rec["study_uid"] and rec["instances"] == case.instances
     assert "1 file(s) skipped (not DICOM)" in result.stderr
     assert "SENTINEL" not in result.stdout + result.stderr
@@ -48,7 +50,7 @@ def test_shipped_rules_route_chest_ct_and_nothing_else(tmp_path):
 
 def test_rules_from_the_docs_route_by_sender_and_say_why_not(tmp_path):
     write_cases(
-        tmp_path / "in", tuple(c for c in CASES if c.name in ("chest-bodypart", "mr-brain"))
+        tmp_path / "in", tuple(c for c in CASES if c.name in ("chest-bodypart", "mr-brain-t1"))
     )
     config = tmp_path / "config.yaml"
     config.write_text(

@@ -30,6 +30,7 @@ class Case:
     lungs: bool  # does the shipped chest-ct-lungs rule route it?
     attrs: tuple[tuple[str, str, str], ...] = ()  # (tag, VR, value)
     image: bool = True
+    brain: bool = False  # does the shipped t1-brain-mr rule route it?
 
 
 CASES = (
@@ -69,8 +70,13 @@ CASES = (
     Case("dose-screen", SECONDARY_CAPTURE, "CT", 1, False, (
         ("0018,0015", "CS", "CHEST"), ("0008,103e", "LO", "Dose Info"),
         ("0008,0008", "CS", "DERIVED\\SECONDARY\\SCREEN SAVE"))),
-    Case("mr-brain", MR_IMAGE, "MR", 12, False, (
-        ("0018,0015", "CS", "BRAIN"), ("0008,103e", "LO", "t1_mprage_sag"))),
+    Case("mr-brain-t1", MR_IMAGE, "MR", 24, False, (
+        ("0018,0015", "CS", "BRAIN"), ("0008,103e", "LO", "t1_mprage_sag"),
+        ("0008,0008", "CS", "ORIGINAL\\PRIMARY\\M\\ND"), ("0018,0080", "DS", "2300"),
+        ("0018,0081", "DS", "2.98")), brain=True),
+    Case("mr-brain-flair", MR_IMAGE, "MR", 24, False, (
+        ("0018,0015", "CS", "HEAD"), ("0008,103e", "LO", "t2_tirm_tra_dark-fluid"),
+        ("0018,0082", "DS", "2500"))),
 )  # fmt: skip
 
 
