@@ -1,7 +1,8 @@
 """The built-in brain-t1 pipeline (deepbrain's pretrained graph through a manifest,
 no code of its own) on a real T1 head MR from Debian's ITK examples: brain Dice
-against the expert mask, SR brain volume, validators, IHE AI Results identity,
-and one traced function for every study."""
+against the expert mask, SR brain volume, IHE AI Results identity, and one traced
+function for every study. (Validators run on the same outputs in
+test_models_end_to_end, where Orthanc pushes the series to a node.)"""
 
 from __future__ import annotations
 
