@@ -174,14 +174,15 @@ def _rules_parser(sub: Any) -> None:
 
 
 def _rules_test(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node import dryrun
+    from dicom_node import dryrun, routing
 
     if bool(args.paths) == (args.recent is not None):
         print("dicom-node rules test: give DICOM files/folders or --recent N", file=sys.stderr)
         return 2
     if args.recent is not None:
         _, db, index, _, _ = _open(settings)
-        studies, skipped = index.recent_studies(args.recent), 0
+        keys = routing.needed_keys(settings.rules)
+        studies, skipped = index.recent_studies(args.recent, keys), 0
         db.close()
     else:
         missing = [str(p) for p in args.paths if not p.exists()]

@@ -19,9 +19,10 @@ satisfies it; ``instance`` when every instance does; ``study`` when any
 instance of any series of the study does. ``exists``/``absent`` ask whether
 any instance carries a non-empty value (``instance``: every instance).
 
-``check`` returns None when the condition holds, else the reason: the
-attribute by tag and keyword and what was expected. Found values are never
-quoted (they may be patient data).
+``compile`` turns a condition into a check function (plain closures, fast:
+rules are evaluated per series in the routing loop) that returns None when the
+condition holds, else the reason: the attribute by tag and keyword and what
+was expected. Found values are never quoted (they may be patient data).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from pydantic import (
 )
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
-from dicom_node.facts import CONTEXT_KEYS, OTHER, SeriesFacts, tag_key
+from dicom_node.facts import CONTEXT_KEYS, OTHER, PARTIAL, SeriesFacts, tag_key
 
 Level = Literal["study", "series", "instance"]
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -62,6 +63,9 @@ OPERATORS = (
     "exists",
     "absent",
 )
+
+
+Check = Callable[["Subject"], "str | None"]  # None: holds; else why not
 
 
 @dataclass
@@ -284,28 +288,80 @@ class AttributeCondition(_Model):
         where = {"study": " in the study", "series": "", "instance": " in every instance"}
         return f"{self._name} {self._what}{where[self.level]}"
 
-    def check(self, s: Subject) -> str | None:
-        if self._key == COUNT:
-            return (
-                None
-                if self._test[0](str(s.instances))
-                else f"series has {s.instances} instance(s), expected a count that {self._what}"
-            )
-        counts = (s.study() if self.level == "study" else s.facts).get(self._key)
+    def compile(self) -> Check:
+        key, name, what, test = self._key, self._name, self._what, _memo(self._test[0])
+        study = self.level == "study"
+        where = " in the study" if study else ""
+        if key == COUNT:
+            fail_count = f"expected a count that {what}"
+
+            def count(s: Subject) -> str | None:
+                ok = test(str(s.instances))
+                return None if ok else f"series has {s.instances} instance(s), {fail_count}"
+
+            return count
         if self.absent:
-            return None if not counts else f"{self._name} is present (expected absent)"
-        if not counts:
-            return f"{self._name} is absent" + (" in the study" if self.level == "study" else "")
+            present = f"{name} is present{where} (expected absent)"
+
+            def absent(s: Subject) -> str | None:
+                return present if (s.study() if study else s.facts).get(key) else None
+
+            return absent
+        missing, no_value = f"{name} is absent{where}", f"{name}: no value {what}{where}"
         if self.level == "instance":
-            n = sum(c for v, c in counts.items() if v != OTHER and self._test[0](v))
-            if n >= s.instances:
-                return None
-            return f"{self._name}: {s.instances - n} instance(s) do not satisfy: {self._what}"
-        if any(v != OTHER and self._test[0](v) for v in counts):
-            return None
-        return f"{self._name}: no value {self._what}" + (
-            " in the study" if self.level == "study" else ""
-        )
+            some = f"{name}: not every instance {'has it' if self.exists else what}"
+
+            def every(s: Subject) -> str | None:
+                values = s.facts.get(key)
+                if not values:
+                    return missing
+                if OTHER in values or key in s.facts.get(PARTIAL, ()):
+                    return some
+                return None if all(map(test, values)) else some
+
+            return every
+
+        if study:
+
+            def any_in_study(s: Subject) -> str | None:
+                values = s.study().get(key)
+                if not values:
+                    return missing
+                return None if any(map(test, values)) else no_value
+
+            return any_in_study
+        raw, seen = self._test[0], {OTHER: False}
+
+        def any_value(s: Subject) -> str | None:  # the hot path: inlined memo
+            values = s.facts.get(key)
+            if not values:
+                return missing
+            for v in values:
+                found = seen.get(v)
+                if found is None:
+                    found = raw(v)
+                    if len(seen) < 4096:
+                        seen[v] = found
+                if found:
+                    return None
+            return no_value
+
+        return any_value
+
+
+def _memo(test: Callable[[str], bool]) -> Callable[[str], bool]:
+    """Remember a test's answer per value: values repeat across series and rules."""
+    seen: dict[str, bool] = {OTHER: False}  # a value not kept satisfies nothing
+
+    def cached(value: str) -> bool:
+        found = seen.get(value)
+        if found is None:
+            found = test(value)
+            if len(seen) < 4096:
+                seen[value] = found
+        return found
+
+    return cached
 
 
 def _bounds(lo: float | None, hi: float | None) -> str:
@@ -343,12 +399,17 @@ class AllCondition(_Model):
     def describe(self) -> str:
         return "all of (" + "; ".join(c.describe() for c in self.all) + ")"
 
-    def check(self, s: Subject) -> str | None:
-        for cond in self.all:
-            reason = cond.check(s)
-            if reason is not None:
-                return reason
-        return None
+    def compile(self) -> Check:
+        checks = [c.compile() for c in self.all]
+
+        def all_of(s: Subject) -> str | None:
+            for check in checks:
+                reason = check(s)
+                if reason is not None:
+                    return reason
+            return None
+
+        return all_of
 
 
 class AnyCondition(_Model):
@@ -357,14 +418,19 @@ class AnyCondition(_Model):
     def describe(self) -> str:
         return "any of (" + "; ".join(c.describe() for c in self.any) + ")"
 
-    def check(self, s: Subject) -> str | None:
-        reasons = []
-        for cond in self.any:
-            reason = cond.check(s)
-            if reason is None:
-                return None
-            reasons.append(reason)
-        return "none of: " + "; ".join(reasons)
+    def compile(self) -> Check:
+        checks = [c.compile() for c in self.any]
+
+        def any_of(s: Subject) -> str | None:
+            reasons = []
+            for check in checks:
+                reason = check(s)
+                if reason is None:
+                    return None
+                reasons.append(reason)
+            return "none of: " + "; ".join(reasons)
+
+        return any_of
 
 
 class NotCondition(_Model):
@@ -373,10 +439,13 @@ class NotCondition(_Model):
     def describe(self) -> str:
         return f"not ({self.not_.describe()})"
 
-    def check(self, s: Subject) -> str | None:
-        if self.not_.check(s) is None:
-            return f"excluded: {self.not_.describe()}"
-        return None
+    def compile(self) -> Check:
+        check, excluded = self.not_.compile(), f"excluded: {self.not_.describe()}"
+
+        def not_(s: Subject) -> str | None:
+            return excluded if check(s) is None else None
+
+        return not_
 
 
 class TimeOfDay(_Model):
@@ -386,10 +455,15 @@ class TimeOfDay(_Model):
         w = self.time_of_day
         return f"time of day from {w.from_[:2]}:{w.from_[2:4]} to {w.to[:2]}:{w.to[2:4]}"
 
-    def check(self, s: Subject) -> str | None:
-        if self.time_of_day.contains(s.now.strftime("%H%M%S")):
-            return None
-        return f"routing time {s.now:%H:%M} is outside the {self.describe()}"
+    def compile(self) -> Check:
+        window, described = self.time_of_day, self.describe()
+
+        def time_of_day(s: Subject) -> str | None:
+            if window.contains(s.now.strftime("%H%M%S")):
+                return None
+            return f"routing time {s.now:%H:%M} is outside the {described}"
+
+        return time_of_day
 
 
 class DayOfWeek(_Model):
@@ -406,13 +480,14 @@ class DayOfWeek(_Model):
     def describe(self) -> str:
         return f"day of week in {', '.join(self.day_of_week)}"
 
-    def check(self, s: Subject) -> str | None:
-        day = DAYS[s.now.weekday()]
-        return (
-            None
-            if day in self.day_of_week
-            else f"routing day {day} is not in {', '.join(self.day_of_week)}"
-        )
+    def compile(self) -> Check:
+        days, listed = set(self.day_of_week), ", ".join(self.day_of_week)
+
+        def day_of_week(s: Subject) -> str | None:
+            day = DAYS[s.now.weekday()]
+            return None if day in days else f"routing day {day} is not in {listed}"
+
+        return day_of_week
 
 
 def _kind(value: Any) -> str | None:

@@ -63,7 +63,7 @@ def read_series(
             logger.debug("not routed: a file that is not DICOM with UIDs (%s)", type(exc).__name__)
             skipped += 1
             continue
-        header.merge(facts.setdefault(key, {}), found)
+        header.merge(facts.setdefault(key, {}), found, key not in counts)
         counts[key] = counts.get(key, 0) + 1
     studies: dict[str, list[SeriesSummary]] = {}
     for (study, series), f in sorted(facts.items()):

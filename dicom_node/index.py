@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dicom_node import facts as header
@@ -74,15 +75,35 @@ class SeriesSummary:
 
 
 class Index:
+    FACTS_CACHE = 256  # series whose facts a receiver keeps in memory
+
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._facts: dict[str, tuple[int, header.SeriesFacts]] = {}
 
-    def record(self, rec: InstanceRecord, now: float | None = None) -> tuple[bool, str | None]:
+    def record(
+        self,
+        rec: InstanceRecord,
+        now: float | None = None,
+        place: Callable[[], None] | None = None,
+        remove: Callable[[str], None] | None = None,
+    ) -> tuple[bool, str | None]:
         """Index a stored instance. Returns (new, replaced_path): ``new`` is False
-        for a duplicate SOP Instance UID; ``replaced_path`` is an older file of
-        the same instance stored under another path, which the caller removes."""
+        for a duplicate SOP Instance UID; ``replaced_path`` is an older file of the
+        same instance filed under another series, left for the caller to remove
+        when no ``remove`` was given.
+
+        ``place`` (the file's move into the spool) runs inside the write
+        transaction, and so does ``remove`` of an older copy of the instance filed
+        under another series: a purge, which holds the same lock while it deletes
+        files and rows, never runs between a file's move and its row. A crash
+        after the move and before the commit leaves a file without a row, which
+        ``unindexed`` finds at the next start (it was never answered Success).
+        """
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
+            if place is not None:
+                place()
             old = conn.execute(
                 "SELECT path, series_uid FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
             ).fetchone()
@@ -91,7 +112,8 @@ class Index:
                 " size, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(sop_uid) DO UPDATE SET series_uid = excluded.series_uid,"
                 " study_uid = excluded.study_uid, sop_class_uid = excluded.sop_class_uid,"
-                " path = excluded.path, size = excluded.size",
+                " path = excluded.path, size = excluded.size,"
+                " received_at = excluded.received_at",
                 (
                     rec.sop_uid,
                     rec.series_uid,
@@ -103,18 +125,24 @@ class Index:
                 ),
             )
             if old is not None and old["series_uid"] == rec.series_uid:
+                conn.execute(
+                    "UPDATE series SET last_received = ? WHERE series_uid = ?",
+                    (now, rec.series_uid),
+                )
                 return False, None
             if old is not None:
                 conn.execute(
                     "UPDATE series SET instances = instances - 1 WHERE series_uid = ?",
                     (old["series_uid"],),
                 )
-            self._count(conn, rec, now)
             replaced = old["path"] if old is not None and old["path"] != rec.path else None
+            if replaced is not None and remove is not None:
+                remove(replaced)
+                replaced = None
+            self._count(conn, rec, now)
             return True, replaced
 
-    @staticmethod
-    def _count(conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
+    def _count(self, conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
         conn.execute(
             "INSERT INTO studies (study_uid, revision, first_received, last_received)"
             " VALUES (?, 1, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
@@ -138,16 +166,45 @@ class Index:
                 now,
             ),
         )
+        self._merge_facts(conn, rec, now)
+
+    def _merge_facts(self, conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
+        """Merge an instance's facts into its series' row. The series' facts are
+        cached by revision: they are read again only when another process changed
+        them, and written only when they changed (see ``facts.merge``)."""
         row = conn.execute(
-            "SELECT facts, first_received FROM series WHERE series_uid = ?", (rec.series_uid,)
+            "SELECT instances, facts_rev, first_received FROM series WHERE series_uid = ?",
+            (rec.series_uid,),
         ).fetchone()
-        facts = json.loads(row["facts"]) if rec.facts else {}
-        if header.merge(facts, rec.facts) or row["first_received"] is None:
+        first = row["instances"] <= 1 or row["first_received"] is None
+        if first:
             conn.execute(
-                "UPDATE series SET facts = ?, first_received = COALESCE(first_received, ?)"
+                "UPDATE series SET first_received = COALESCE(first_received, ?)"
                 " WHERE series_uid = ?",
-                (json.dumps(facts) if rec.facts else row["facts"], now, rec.series_uid),
+                (now, rec.series_uid),
             )
+        if not rec.facts:
+            return
+        cached = self._facts.get(rec.series_uid)
+        if first:
+            facts: header.SeriesFacts = {}
+        elif cached is not None and cached[0] == row["facts_rev"]:
+            facts = cached[1]
+        else:
+            text = conn.execute(
+                "SELECT facts FROM series WHERE series_uid = ?", (rec.series_uid,)
+            ).fetchone()["facts"]
+            facts = json.loads(text)
+        rev = row["facts_rev"]
+        if header.merge(facts, rec.facts, first):
+            rev += 1
+            conn.execute(
+                "UPDATE series SET facts = ?, facts_rev = ? WHERE series_uid = ?",
+                (json.dumps(facts), rev, rec.series_uid),
+            )
+        if len(self._facts) >= self.FACTS_CACHE and rec.series_uid not in self._facts:
+            self._facts.clear()
+        self._facts[rec.series_uid] = (rev, facts)
 
     def mark_released(self, series_uids: list[str], now: float | None = None) -> None:
         """The association that sent instances of these series was released."""
@@ -172,20 +229,28 @@ class Index:
                 (revision, study_uid),
             )
 
-    def series_of(self, study_uid: str) -> list[SeriesSummary]:
-        rows = self.db.query(f"{_SERIES} WHERE study_uid = ? ORDER BY series_uid", (study_uid,))
-        return [_summary(r) for r in rows]
-
-    def recent_studies(self, limit: int) -> list[list[SeriesSummary]]:
-        """The series of the ``limit`` studies received last, newest study first."""
+    def series_of(self, study_uid: str, keys: Sequence[str] | None = None) -> list[SeriesSummary]:
+        """The series of a study; with ``keys``, only those facts are read (SQLite
+        extracts them, which is much cheaper than decoding every fact)."""
+        select, params = _select(keys)
         rows = self.db.query(
-            f"{_SERIES} WHERE study_uid IN (SELECT study_uid FROM studies"
+            f"{select} WHERE study_uid = ? ORDER BY series_uid", (*params, study_uid)
+        )
+        return [_summary(r, keys) for r in rows]
+
+    def recent_studies(
+        self, limit: int, keys: Sequence[str] | None = None
+    ) -> list[list[SeriesSummary]]:
+        """The series of the ``limit`` studies received last, newest study first."""
+        select, params = _select(keys)
+        rows = self.db.query(
+            f"{select} WHERE study_uid IN (SELECT study_uid FROM studies"
             " ORDER BY last_received DESC LIMIT ?)",
-            (limit,),
+            (*params, limit),
         )
         by_study: dict[str, list[SeriesSummary]] = {}
         for r in rows:
-            by_study.setdefault(r["study_uid"], []).append(_summary(r))
+            by_study.setdefault(r["study_uid"], []).append(_summary(r, keys))
         order = self.db.query(
             "SELECT study_uid FROM studies ORDER BY last_received DESC LIMIT ?", (limit,)
         )
@@ -228,11 +293,41 @@ class Index:
         )
         return [r["series_uid"] for r in rows]
 
-    def forget_series(self, series_uid: str) -> None:
+    def forget_series(
+        self,
+        series_uid: str,
+        remove: Callable[[str], None] | None = None,
+        received_before: float | None = None,
+    ) -> int:
+        """Delete a series' rows (and, with ``remove``, its files) in one transaction;
+        returns how many instances. With ``received_before``, nothing happens unless
+        the series is still purgeable then (no instance came since, no job pending):
+        an instance that arrives while a series is purged is never removed with it."""
+        self._facts.pop(series_uid, None)
         with self.db.transaction() as conn:
+            if received_before is not None:
+                row = conn.execute(
+                    "SELECT 1 FROM series s JOIN studies st ON st.study_uid = s.study_uid"
+                    " WHERE s.series_uid = ? AND s.last_received < ?"
+                    " AND st.routed_revision = st.revision"
+                    " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid"
+                    "   AND j.state IN ('queued', 'running', 'failed'))",
+                    (series_uid, received_before),
+                ).fetchone()
+                if row is None:
+                    return 0
             row = conn.execute(
                 "SELECT study_uid FROM series WHERE series_uid = ?", (series_uid,)
             ).fetchone()
+            paths = [
+                r["path"]
+                for r in conn.execute(
+                    "SELECT path FROM instances WHERE series_uid = ?", (series_uid,)
+                )
+            ]
+            if remove is not None:
+                for path in paths:
+                    remove(path)
             conn.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
             conn.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
             if row is not None:
@@ -241,18 +336,40 @@ class Index:
                     " (SELECT 1 FROM series WHERE study_uid = ?)",
                     (row["study_uid"], row["study_uid"]),
                 )
+            return len(paths)
+
+    def unindexed(self, paths: Iterable[str]) -> list[str]:
+        """Those of ``paths`` (spool files) that no instance row names."""
+        known = {r["path"] for r in self.db.query("SELECT path FROM instances")}
+        return [p for p in paths if p not in known]
 
 
-_SERIES = (
-    "SELECT study_uid, series_uid, modality, body_part, description, protocol_name,"
-    " manufacturer, sop_class_uid, instances, facts, first_received, last_received,"
-    " released_at FROM series"
+_COLUMNS = (
+    "study_uid, series_uid, modality, body_part, description, protocol_name,"
+    " manufacturer, sop_class_uid, instances, first_received, last_received, released_at"
 )
 
 
-def _summary(row: sqlite3.Row) -> SeriesSummary:
+def _select(keys: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+    if keys is None:
+        return f"SELECT {_COLUMNS}, facts FROM series", ()
+    paths = tuple(f'$."{key}"' for key in (header.PARTIAL, *keys))
+    marks = ", ".join("?" * (len(paths) + 1))  # two paths at least: an array comes back
+    return f"SELECT {_COLUMNS}, json_extract(facts, {marks}) AS facts FROM series", (
+        *paths,
+        '$."00080060"',
+    )
+
+
+def _summary(row: sqlite3.Row, keys: Sequence[str] | None = None) -> SeriesSummary:
     data = dict(row)
-    data["facts"] = json.loads(data["facts"])
+    if keys is None:
+        data["facts"] = json.loads(data["facts"])
+    else:
+        values = json.loads(data["facts"]) if data["facts"] else []
+        data["facts"] = {
+            k: v for k, v in zip((header.PARTIAL, *keys), values, strict=False) if v is not None
+        }
     if data["first_received"] is None:
         data["first_received"] = data["last_received"]
     return SeriesSummary(**data)

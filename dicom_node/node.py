@@ -28,8 +28,9 @@ from dicom_node.dispatch import Dispatcher, Enqueue
 from dicom_node.index import Index
 from dicom_node.jobs import Jobs
 from dicom_node.outbox import Outbox, Sender
+from dicom_node.receivers import ReceiverProcesses
 from dicom_node.retention import purge_sources
-from dicom_node.scp import Receiver, start_server
+from dicom_node.scp import Receiver, reconcile_spool, start_servers
 from dicom_node.settings import ConfigError, Settings, check_pipeline_names, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import Database
@@ -176,7 +177,13 @@ class Node:
             backend.make_enqueue(settings),
             on_results=self.sender.wake.set,
         )
-        self.receiver = Receiver(self.spool, self.index, settings.storage.min_free_mb * 1024 * 1024)
+        self.receiver = Receiver(
+            self.spool,
+            self.index,
+            settings.storage.min_free_mb * 1024 * 1024,
+            settings.node,
+            settings.receive,
+        )
         self.workers = (
             EmbeddedWorkers(
                 backend.worker_command(settings, config),
@@ -188,10 +195,19 @@ class Node:
         )
         self._threads: list[threading.Thread] = []
         self.server: ThreadedAssociationServer | None = None
+        self.receivers: ReceiverProcesses | None = None
+        self.tls_server: ThreadedAssociationServer | None = None
 
     def start(self) -> tuple[str, int]:
-        self.server = start_server(self.settings.node, self.receiver)  # fails first, if at all
+        reconcile_spool(self.spool, self.index)
+        servers = start_servers(self.settings.node, self.receiver)  # fails first, if at all
+        self.server, self.tls_server = servers[0], servers[1] if len(servers) > 1 else None
         host, port = self.server.server_address[:2]
+        tls_port = self.tls_server.server_address[1] if self.tls_server is not None else None
+        if self.settings.receive.processes > 1:
+            extra = self.settings.receive.processes - 1
+            self.receivers = ReceiverProcesses(extra, self.config, port, tls_port)
+            self.receivers.start()
         requeued = self.dispatcher.requeue_unfinished()
         if requeued:
             logger.info("%d unfinished job(s) from before enqueued again", requeued)
@@ -217,6 +233,8 @@ class Node:
                 self.dispatcher.tick()
                 if self.workers is not None:
                     self.workers.check()
+                if self.receivers is not None:
+                    self.receivers.check()
                 if time.time() - last_purge > 600:
                     last_purge = time.time()
                     purge_sources(self.index, self.spool, self.settings.storage, last_purge)
@@ -231,8 +249,11 @@ class Node:
 
     def stop(self) -> None:
         logger.info("stopping: no new associations")
-        if self.server is not None:
-            self.server.shutdown()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.shutdown()
+        if self.receivers is not None:
+            self.receivers.stop()
         self.stop_event.set()
         self._tick.set()
         self.sender.wake.set()

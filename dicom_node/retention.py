@@ -24,9 +24,12 @@ def purge_sources(index: Index, spool: Spool, settings: StorageSettings, now: fl
     if settings.retention_hours <= 0:
         return 0
     purged = 0
-    for series_uid in index.purgeable_series(now - settings.retention_hours * 3600):
-        purge_series(index, spool, series_uid)
-        purged += 1
+    cutoff = now - settings.retention_hours * 3600
+    for series_uid in index.purgeable_series(cutoff):
+        # Checked again inside the purge's transaction: a series that received an
+        # instance (or got a job) since it was picked is left alone, whole.
+        if index.forget_series(series_uid, spool.remove, received_before=cutoff):
+            purged += 1
     if purged:
         logger.info("retention: purged %d series", purged)
     return purged
@@ -34,8 +37,4 @@ def purge_sources(index: Index, spool: Spool, settings: StorageSettings, now: fl
 
 def purge_series(index: Index, spool: Spool, series_uid: str) -> int:
     """Delete one series' received files and index rows now; returns how many files."""
-    files = index.files_of(series_uid)
-    for _, path in files:
-        spool.remove(path)
-    index.forget_series(series_uid)
-    return len(files)
+    return index.forget_series(series_uid, spool.remove)

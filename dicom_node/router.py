@@ -67,7 +67,7 @@ class Router:
         return now - study.last_received >= shortest
 
     def _route_study(self, study: StudyState, now: float) -> int:
-        series = self.index.series_of(study.study_uid)
+        series = self.index.series_of(study.study_uid, routing.needed_keys(self.settings.rules))
         plans = routing.plan_study(
             series,
             self.settings.rules,

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from dicom_node import facts as header
-from dicom_node.conditions import Subject
+from dicom_node.conditions import (
+    COUNT,
+    AllCondition,
+    AnyCondition,
+    AttributeCondition,
+    Check,
+    NotCondition,
+    Subject,
+    resolve,
+)
 from dicom_node.index import SeriesSummary
 from dicom_node.ruleset import Rule, Trigger
 
@@ -64,7 +73,7 @@ def facts_of(series: SeriesSummary) -> header.SeriesFacts:
     if series.facts:
         return series.facts
     values = {key: getattr(series, column) for key, column in LEGACY_COLUMNS.items()}
-    return {key: {value: series.instances} for key, value in values.items() if value}
+    return {key: [value] for key, value in values.items() if value}
 
 
 def subject(series: SeriesSummary, study: Sequence[SeriesSummary], when: datetime) -> Subject:
@@ -82,7 +91,7 @@ def match(series: SeriesSummary, study: Sequence[SeriesSummary], rules: Sequence
     plan = SeriesPlan(series)
     subj = subject(series, study, when)
     first: str | None = None
-    for rule in rules:
+    for rule, check in zip(rules, compiled(rules), strict=True):
         if not rule.enabled:
             plan.not_matched[rule.name] = "switched off (enabled: false)"
             continue
@@ -92,7 +101,7 @@ def match(series: SeriesSummary, study: Sequence[SeriesSummary], rules: Sequence
         if first is not None and apply == "first":
             plan.not_applied[rule.name] = f"rule {first} matched first (routing.apply: first)"
             continue
-        reason = rule.condition.check(subj)
+        reason = check(subj)
         if reason is not None:
             plan.not_matched[rule.name] = reason
             continue
@@ -101,6 +110,62 @@ def match(series: SeriesSummary, study: Sequence[SeriesSummary], rules: Sequence
         if rule.discard:
             plan.discarded_by = rule.name
     return plan
+
+
+_COMPILED: dict[int, tuple[Sequence[Rule], list[Check], list[str]]] = {}
+# Facts the expected-content trigger reads besides those the rules name.
+COUNTS = (IMAGES_IN_ACQUISITION, ACQUISITION_NUMBER, TEMPORAL_POSITIONS, TEMPORAL_POSITION_ID,
+          NUMBER_OF_FRAMES)  # fmt: skip
+
+
+def referenced_keys(rules: Sequence[Rule]) -> list[str]:
+    """The fact keys the rules' conditions (and triggers) test."""
+    keys: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, AttributeCondition):
+            keys.add(resolve(node.attribute)[0])
+        elif isinstance(node, AllCondition):
+            for child in node.all:
+                walk(child)
+        elif isinstance(node, AnyCondition):
+            for child in node.any:
+                walk(child)
+        elif isinstance(node, NotCondition):
+            walk(node.not_)
+
+    for rule in rules:
+        walk(rule.condition)
+        expect = rule.trigger.expect
+        for cond in expect.series if expect else []:
+            walk(cond)
+        if expect is not None and expect.instance_counts:
+            keys.update(COUNTS)
+    keys.discard(COUNT)
+    return sorted(keys)
+
+
+def _prepared(rules: Sequence[Rule]) -> tuple[list[Check], list[str]]:
+    """Compiled once per rule list (a reload makes a new list)."""
+    hit = _COMPILED.get(id(rules))
+    if hit is not None and hit[0] is rules:
+        return hit[1], hit[2]
+    checks = [rule.condition.compile() for rule in rules]
+    keys = referenced_keys(rules)
+    if len(_COMPILED) >= 8:
+        _COMPILED.clear()
+    _COMPILED[id(rules)] = (rules, checks, keys)
+    return checks, keys
+
+
+def compiled(rules: Sequence[Rule]) -> list[Check]:
+    """The rules' conditions as check functions."""
+    return _prepared(rules)[0]
+
+
+def needed_keys(rules: Sequence[Rule]) -> list[str]:
+    """The facts to read from the index to evaluate ``rules``."""
+    return _prepared(rules)[1]
 
 
 def select(
@@ -176,7 +241,8 @@ def _expected(trigger: Trigger, unit: Sequence[SeriesSummary], study: Sequence[S
     assert expect is not None  # the Trigger model requires it for wait_for: expected
     missing = []
     for cond in expect.series:
-        if not any(cond.check(subject(s, study, when)) is None for s in study):
+        check = cond.compile()
+        if not any(check(subject(s, study, when)) is None for s in study):
             missing.append(cond.describe())
     if missing:
         return "expected series missing: " + "; ".join(missing)
@@ -194,9 +260,9 @@ def _expected(trigger: Trigger, unit: Sequence[SeriesSummary], study: Sequence[S
     return None
 
 
-def _max_int(counts: header.ValueCounts | None) -> int | None:
+def _max_int(counts: list[str] | None) -> int | None:
     values = []
-    for value in counts or {}:
+    for value in counts or []:
         try:
             values.append(int(float(value)))
         except ValueError:

@@ -1,48 +1,62 @@
 """The Storage and Verification SCP: receive, store durably, then answer.
 
-An instance is answered Success (0x0000) only after its bytes are fsync'ed in
-the spool and recorded in the index. Every failure becomes a DICOM status
-with an ErrorComment; a handler never raises into pynetdicom:
+Each data set is received straight to a file in ``storage.dir/incoming/<pid>``
+(pynetdicom's chunked receive), never held whole in memory. Its header is read
+from that file (``dicom_node.header``: UIDs, routing keys, structure checks;
+pixels are never decoded); the file is fsync'ed, renamed into the spool and
+indexed in one index transaction, and only then answered Success (0x0000).
+The data set is stored exactly as sent, in the transfer syntax it came in.
 
-    0xA700  out of resources: the spool's disk is (nearly) full, or writing failed
+Every failure becomes a DICOM status with an ErrorComment naming the attribute
+(never a value); nothing of a refused data set is kept, and a handler never
+raises into pynetdicom:
+
+    0xA700  out of resources: the spool's disk is (nearly) full, writing failed,
+            the instance is larger than receive.max_instance_mb, or a deflated
+            data set inflates past receive.max_inflated_mb
     0xA900  the data set does not match the C-STORE request (SOP Instance UID)
-    0xC210  the data set cannot be parsed
+    0xC210  the data set cannot be parsed (truncated, a declared length past its
+            end, File Meta Information inside it, pixels not encoded as the
+            transfer syntax says)
     0xC211  a required UID is missing or unsafe (not digits and dots, > 64 chars)
     0x0122  the SOP class is not a storage SOP class this node accepts
 
-Peers are checked at association time: the called AE title must be ours (when
-``node.require_called_aet``) and the calling AE title must be listed in
-``node.allowed_calling_aets`` (when that list is not empty); other
-associations are rejected and logged.
+Limits are enforced while the data arrives: a data set that grows past the
+size limit, or that starts while the disk is below the free-space watermark,
+is discarded as it comes in (the peer still gets its failure status once it
+has sent the rest). Peers are checked at association time (``peers.admit``) and
+counted across every receiving process (``peers.Slots``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import ssl
+import tempfile
 import threading
+import weakref
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_node.facts import InstanceFacts, instance_facts
+from dicom_node.facts import instance_facts
+from dicom_node.header import BadInstance, read_header
 from dicom_node.index import Index, InstanceRecord
-from dicom_node.settings import NodeSettings
-from dicom_node.spool import Spool, UnsafeUid, check_uid
+from dicom_node.peers import LOCAL_LIMIT_EXCEEDED, Rejection, Slot, Slots, admit
+from dicom_node.settings import NodeSettings, ReceiveSettings
+from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
-# Uncompressed transfer syntaxes (compressed ones come later; see README).
-UNCOMPRESSED = [
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
-]
-assert set(UNCOMPRESSED) <= set(ALL_TRANSFER_SYNTAXES)
+# Every transfer syntax pynetdicom knows: uncompressed, deflated, RLE, JPEG (baseline,
+# extended, lossless), JPEG-LS, JPEG 2000, HTJ2K, MPEG/HEVC. Stored as received.
+TRANSFER_SYNTAXES = list(ALL_TRANSFER_SYNTAXES)
 STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 
 
@@ -53,9 +67,24 @@ def _status(code: int, comment: str) -> Dataset:
     return ds
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return str(value if value is not None else "").strip()[:64]
+class _Discard:
+    """Stands in for the file a refused data set was being received into: the rest
+    of its bytes are dropped as they arrive, and the reason is kept for the answer."""
+
+    def __init__(self, name: str, status: int, comment: str) -> None:
+        self.name = name  # pynetdicom unlinks this path after the handler
+        self.file = self
+        self.status = status
+        self.comment = comment
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class Receiver:
@@ -66,96 +95,149 @@ class Receiver:
         spool: Spool,
         index: Index,
         min_free_bytes: int,
+        node: NodeSettings | None = None,
+        receive: ReceiveSettings | None = None,
     ) -> None:
         self.spool = spool
         self.index = index
         self.min_free_bytes = min_free_bytes
+        self.node = node or NodeSettings()
+        self.receive = receive or ReceiveSettings()
+        self.max_instance = int(self.receive.max_instance_mb * 2**20)
+        self.max_inflated = int(self.receive.max_inflated_mb * 2**20)
+        self.slots = Slots(spool.root / "incoming" / "slots",
+                           self.receive.max_associations_per_peer,
+                           self.node.max_associations)  # fmt: skip
         self._lock = threading.Lock()
         self.counts: dict[int, dict[str, int]] = {}
         self.series_by_assoc: dict[int, set[str]] = {}  # for triggers on release
+        self._held: dict[int, Slot] = {}
+        self._received: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
+    # -- association control ---------------------------------------------------
+    def handle_requested(self, event: Any) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        calling = _ae(rq.calling_ae_title)
+        address = str(assoc.requestor.address)
+        rejection = admit(self.node, self.receive, calling, _ae(rq.called_ae_title), address)
+        slot = None
+        if rejection is None:
+            slot = self.slots.acquire(calling, address)
+            if slot is None:
+                rejection = Rejection(*LOCAL_LIMIT_EXCEEDED, why="association limit reached")
+        if rejection is not None:
+            logger.warning("association rejected (%s)", rejection.why, extra=_peer(event))
+            assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+            assoc.kill()  # waits until the A-ASSOCIATE-RJ is sent, as pynetdicom's own rejections
+            return
+        _prefer_requestor_order(assoc)
+        with self._lock:
+            self._held[id(assoc)] = slot  # type: ignore[assignment]
+
+    def handle_conn_close(self, event: Any) -> None:
+        """The connection ended (released, aborted, timed out): free the slot and
+        remove a data set cut off mid-way."""
+        with self._lock:
+            slot = self._held.pop(id(event.assoc), None)
+        if slot is not None:
+            slot.release()
+        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is not None:
+            partial.close()
+            Path(partial.name).unlink(missing_ok=True)
+
+    # -- limits while the data arrives ----------------------------------------
+    def handle_pdu(self, event: Any) -> None:
+        """Runs for every PDU before its data is written: discards a data set that
+        grows past ``max_instance_mb`` or starts while the disk is full."""
+        items = getattr(event.pdu, "presentation_data_value_items", None)
+        if not items:
+            return
+        message = event.assoc.dimse.message
+        sink = getattr(message, "_data_set_file", None)
+        if sink is None or isinstance(sink, _Discard):
+            return
+        size = sum(len(i.presentation_data_value) - 1 for i in items
+                   if not i.presentation_data_value[0] & 1)  # fmt: skip
+        before = self._received.get(message, 0)
+        self._received[message] = before + size
+        refusal = None
+        if before == 0 and self.spool.free_bytes() < self.min_free_bytes:
+            logger.error("spool disk is full; refusing instances (storage.min_free_mb)")
+            refusal = (0xA700, "out of resources: node storage is full")
+        elif before + size > self.max_instance:
+            logger.warning("refused an instance larger than receive.max_instance_mb",
+                           extra=_peer(event))  # fmt: skip
+            refusal = (0xA700, "instance larger than receive.max_instance_mb")
+        if refusal is not None:
+            sink.close()
+            os.truncate(sink.name, 0)
+            message._data_set_file = _Discard(sink.name, *refusal)
+
+    # -- C-STORE ----------------------------------------------------------------
     def handle_store(self, event: Any) -> Dataset | int:
+        received = getattr(event.request, "_dataset_file", None)
+        path = Path(received.name) if received is not None else None
         try:
-            status = self._store(event)
-        except Exception:  # never raise into pynetdicom
-            logger.exception("unexpected error while storing an instance")
+            if isinstance(received, _Discard):
+                status: Dataset | int = _status(received.status, received.comment)
+            elif path is None:
+                status = _status(0xC210, "no data set in the request")
+            else:
+                status = self._store(event, path)
+        except Exception as exc:  # never raise into pynetdicom
+            logger.error("unexpected error while storing an instance: %s", type(exc).__name__)
             status = _status(0xA700, "internal error while storing; not stored")
+        finally:
+            if path is not None:
+                path.unlink(missing_ok=True)  # a refused data set leaves nothing
         self._count(event, "stored" if status == 0 else "failed")
         return status
 
-    def _store(self, event: Any) -> Dataset | int:
+    def _store(self, event: Any, path: Path) -> Dataset | int:
         request = event.request
         try:
-            ds = event.dataset
-            sop_class = str(ds.get("SOPClassUID", "") or request.AffectedSOPClassUID)
-            uids = (
-                check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID", "(0020,000D)"),
-                check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID", "(0020,000E)"),
-                check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID", "(0008,0018)"),
-            )
-            keys = {
-                k: _text(ds, k)
-                for k in (
-                    "Modality",
-                    "BodyPartExamined",
-                    "SeriesDescription",
-                    "ProtocolName",
-                    "Manufacturer",
-                )
-            }
+            header, ds = read_header(path, str(event.context.transfer_syntax), self.max_inflated)
             facts = instance_facts(ds, _context(event))
-        except UnsafeUid as exc:
-            logger.warning("refused an instance: %s", exc, extra=_peer(event))
-            return _status(0xC211, str(exc))
-        except Exception as exc:
-            logger.warning(
-                "refused an unparseable data set: %s", type(exc).__name__, extra=_peer(event)
-            )
-            return _status(0xC210, "data set cannot be parsed")
-        if sop_class not in STORAGE_SOP_CLASSES:
-            return _status(0x0122, f"SOP class {sop_class[:40]} not supported")
-        if uids[2] != str(request.AffectedSOPInstanceUID).strip("\0 "):
+        except BadInstance as exc:
+            logger.warning("refused an instance: %s", exc.comment, extra=_peer(event))
+            return _status(exc.status, exc.comment)
+        if header.sop_class_uid not in STORAGE_SOP_CLASSES:
+            return _status(0x0122, f"SOP class {header.sop_class_uid[:40]} not supported")
+        if header.sop_uid != str(request.AffectedSOPInstanceUID).strip("\0 "):
             return _status(0xA900, "(0008,0018) SOPInstanceUID differs from the request")
         if self.spool.free_bytes() < self.min_free_bytes:
             logger.error("spool disk is full; refusing instances (storage.min_free_mb)")
             return _status(0xA700, "out of resources: node storage is full")
-        return self._write(event, sop_class, uids, keys, facts)
-
-    def _write(
-        self,
-        event: Any,
-        sop_class: str,
-        uids: tuple[str, str, str],
-        keys: dict[str, str],
-        facts: InstanceFacts,
-    ) -> Dataset | int:
-        study, series, sop = uids
+        rel = self.spool.instance_relpath(header.study_uid, header.series_uid, header.sop_uid)
+        record = InstanceRecord(
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            sop_uid=header.sop_uid,
+            sop_class_uid=header.sop_class_uid,
+            path=rel,
+            size=path.stat().st_size,
+            modality=header.keys["Modality"],
+            body_part=header.keys["BodyPartExamined"],
+            description=header.keys["SeriesDescription"],
+            protocol_name=header.keys["ProtocolName"],
+            manufacturer=header.keys["Manufacturer"],
+            facts=facts,
+        )
         try:
-            data = event.encoded_dataset()
-            rel = self.spool.store_instance(study, series, sop, data)
+            self.spool.sync(path)
+            new, _ = self.index.record(
+                record, place=lambda: self.spool.place(path, rel), remove=self.spool.remove
+            )
         except OSError as exc:
             logger.error("could not write an instance to the spool: %s", exc.strerror)
             return _status(0xA700, "out of resources: could not write to storage")
-        record = InstanceRecord(
-            study_uid=study,
-            series_uid=series,
-            sop_uid=sop,
-            sop_class_uid=sop_class,
-            path=rel,
-            size=len(data),
-            modality=keys["Modality"],
-            body_part=keys["BodyPartExamined"],
-            description=keys["SeriesDescription"],
-            protocol_name=keys["ProtocolName"],
-            manufacturer=keys["Manufacturer"],
-            facts=facts,
-        )
-        new, replaced = self.index.record(record)
-        if replaced:
-            self.spool.remove(replaced)
-        logger.debug("stored %s (%s)", sop, "new" if new else "duplicate", extra=_peer(event))
+        logger.debug("stored %s (%s)", header.sop_uid, "new" if new else "duplicate",
+                     extra=_peer(event))  # fmt: skip
         with self._lock:
-            self.series_by_assoc.setdefault(id(event.assoc), set()).add(series)
+            self.series_by_assoc.setdefault(id(event.assoc), set()).add(header.series_uid)
         return 0x0000
 
     def _count(self, event: Any, key: str) -> None:
@@ -168,9 +250,6 @@ class Receiver:
 
     def handle_accepted(self, event: Any) -> None:
         logger.info("association accepted", extra=_peer(event))
-
-    def handle_rejected(self, event: Any) -> None:
-        logger.warning("association rejected (unknown or wrong AE title)", extra=_peer(event))
 
     def handle_closed(self, event: Any) -> None:
         with self._lock:
@@ -186,14 +265,55 @@ class Receiver:
                 extra=_peer(event),
             )
 
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_PDU_RECV, self.handle_pdu),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_ACCEPTED, self.handle_accepted),
+            (evt.EVT_RELEASED, self.handle_closed),
+            (evt.EVT_ABORTED, self.handle_closed),
+            (evt.EVT_CONN_CLOSE, self.handle_conn_close),
+        ]
+
+
+def _prefer_requestor_order(assoc: Any) -> None:
+    """Accept, for each SOP class, the transfer syntax the requestor proposed first
+    (pynetdicom would take the first in our list). A sender that holds an image as
+    JPEG-LS proposes JPEG-LS first, and so sends it as it is: stored as received,
+    nothing transcoded, nothing lost, and no failure from a sender that cannot
+    decompress (dcmtk's storescu, Orthanc with AllowTranscoding off)."""
+    ours = {str(cx.abstract_syntax): cx for cx in assoc.acceptor.supported_contexts}
+    wanted: dict[str, list[Any]] = {}
+    for rq in assoc.requestor.primitive.presentation_context_definition_list:
+        supported = ours.get(str(rq.abstract_syntax))
+        if supported is None:
+            continue
+        order = wanted.setdefault(str(rq.abstract_syntax), [])
+        order += [str(ts) for ts in rq.transfer_syntax
+                  if ts in supported.transfer_syntax and str(ts) not in order]  # fmt: skip
+    contexts = []
+    for abstract, syntaxes in wanted.items():
+        cx = PresentationContext()
+        cx.abstract_syntax = abstract
+        cx.transfer_syntax = syntaxes
+        contexts.append(cx)
+    assoc.acceptor.supported_contexts = contexts
+
+
+def _ae(value: object) -> str:
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    return text.strip()
+
 
 def _context(event: Any) -> dict[str, str]:
     """Receive-time facts rules may test: who sent it, to which AE title, from where."""
     try:
         assoc = event.assoc
         return {
-            "calling_ae": str(assoc.requestor.ae_title).strip(),
-            "called_ae": str(assoc.acceptor.ae_title).strip(),
+            "calling_ae": _ae(assoc.requestor.ae_title),
+            "called_ae": _ae(assoc.acceptor.ae_title),
             "peer_address": str(assoc.requestor.address),
         }
     except AttributeError:
@@ -203,29 +323,118 @@ def _context(event: Any) -> dict[str, str]:
 def _peer(event: Any) -> dict[str, str]:
     try:
         req = event.assoc.requestor
-        return {"peer": f"{req.ae_title}@{req.address}:{req.port}"}
+        return {"peer": f"{_ae(req.ae_title)}@{req.address}:{req.port}"}
     except Exception:
         return {}
 
 
-def start_server(settings: NodeSettings, receiver: Receiver) -> ThreadedAssociationServer:
-    """Listen on ``node.host:node.port`` (port 0 picks a free port)."""
-    ae = AE(ae_title=settings.ae_title)
-    ae.maximum_associations = settings.max_associations
-    ae.require_called_aet = settings.require_called_aet
-    if settings.allowed_calling_aets:
-        ae.require_calling_aet = list(settings.allowed_calling_aets)
+class _ReusePortServer(ThreadedAssociationServer):
+    """Binds with SO_REUSEPORT so several receiving processes share one port."""
+
+    def server_bind(self) -> None:
+        import socket
+
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def configure_receiving(spool: Spool) -> None:
+    """Set pynetdicom's process-wide options for receiving. Called once by the entry
+    point of each receiving process (pynetdicom reads them as module globals)."""
+    # Receive each data set straight to a file instead of into memory.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    # pynetdicom creates those files with tempfile.NamedTemporaryFile: put them on
+    # the spool's file system, in a folder of this process, so they can be renamed
+    # into the spool and a crashed process's leftovers can be swept.
+    tempfile.tempdir = str(spool.incoming(os.getpid()))
+    # pynetdicom logs query identifiers (patient names, IDs) at INFO by default.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def make_ae(node: NodeSettings, receive: ReceiveSettings) -> AE:
+    ae = AE(ae_title=node.ae_title)
+    ae.maximum_associations = node.max_associations
+    ae.maximum_pdu_size = receive.max_pdu_bytes
+    ae.acse_timeout = receive.acse_timeout_seconds
+    ae.dimse_timeout = receive.dimse_timeout_seconds
+    ae.network_timeout = receive.network_timeout_seconds
+    ae.require_called_aet = False  # checked by peers.admit, with its own log line
     ae.add_supported_context(VERIFICATION)
     for sop_class in sorted(STORAGE_SOP_CLASSES):
-        ae.add_supported_context(sop_class, UNCOMPRESSED)
-    handlers: list[Any] = [
-        (evt.EVT_C_STORE, receiver.handle_store),
-        (evt.EVT_C_ECHO, receiver.handle_echo),
-        (evt.EVT_ACCEPTED, receiver.handle_accepted),
-        (evt.EVT_REJECTED, receiver.handle_rejected),
-        (evt.EVT_RELEASED, receiver.handle_closed),
-        (evt.EVT_ABORTED, receiver.handle_closed),
-    ]
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
-    assert server is not None  # block=False always returns the server
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    return ae
+
+
+def start_servers(
+    settings: NodeSettings,
+    receiver: Receiver,
+    port: int | None = None,
+    tls_port: int | None = None,
+) -> list[ThreadedAssociationServer]:
+    """The plain listener on ``node.port`` (unless ``node.tls.only``) and the TLS
+    listener on ``node.tls.port`` (when ``node.tls``), in that order. ``port`` and
+    ``tls_port`` override the configured ports (port 0 picks a free port)."""
+    servers = []
+    tls = settings.tls
+    if tls is None or not tls.only:
+        servers.append(start_server(settings, receiver, port=port))
+    if tls is not None:
+        from dicom_node.tls import server_context
+
+        servers.append(start_server(settings, receiver, port=tls.port if tls_port is None
+                                    else tls_port, ssl_context=server_context(tls)))  # fmt: skip
+    return servers
+
+
+def start_server(
+    settings: NodeSettings,
+    receiver: Receiver,
+    receive: ReceiveSettings | None = None,
+    port: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ThreadedAssociationServer:
+    """Listen on ``node.host:node.port`` (port 0 picks a free port), sharing the
+    port with other receiving processes of the node."""
+    receive = receive or receiver.receive
+    configure_receiving(receiver.spool)
+    ae = make_ae(settings, receive)
+    address = (settings.host, settings.port if port is None else port)
+    # SO_REUSEPORT only when this node runs several receiving processes: otherwise a
+    # second node started on the same port by mistake fails with "in use".
+    server_class = _ReusePortServer if receive.processes > 1 else ThreadedAssociationServer
+    server = ae.make_server(address, evt_handlers=receiver.handlers(), server_class=server_class,
+                            ssl_context=ssl_context)  # fmt: skip
+    ae._servers.append(server)  # as AE.start_server does, so server.shutdown() finds it
+    thread = threading.Thread(target=server.serve_forever, name="scp", daemon=True)
+    thread.start()
     return server
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reconcile_spool(spool: Spool, index: Index) -> None:
+    """At start, before listening: remove what a crash left behind. Data sets cut
+    off mid-way in ``incoming`` of processes that are gone, and spool files with no
+    index row (moved in, then the process died before the commit: never answered
+    Success, so the sender sends them again)."""
+    partial = spool.sweep_incoming(_alive)
+    orphans = index.unindexed(spool.instance_files())
+    for rel in orphans:
+        spool.remove(rel)
+    if partial or orphans:
+        logger.warning(
+            "removed what an earlier run left unfinished: %d partial data set(s),"
+            " %d unindexed spool file(s)",
+            partial,
+            len(orphans),
+        )

@@ -10,6 +10,7 @@ setting. Relative paths resolve against the folder of the config file.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -56,6 +57,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsSettings(_Section):
+    """DICOM TLS (PS3.15 Basic TLS Secure Transport; TLS 1.2 or later).
+
+    On the SCP (``node.tls``): ``port`` listens with TLS beside ``node.port``, or
+    instead of it with ``only: true``; a client must present a certificate signed
+    by ``ca_file`` when ``require_client_certificate``. For a destination
+    (``destinations.<name>.tls``): ``ca_file`` verifies the destination's
+    certificate (the system's CAs when not given), ``certificate``/``key`` are
+    ours when it asks for one; ``port`` and ``only`` do not apply.
+    """
+
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    certificate: Path | None = None
+    key: Path | None = None
+    ca_file: Path | None = None
+    require_client_certificate: bool = True
+    only: bool = False
+    verify_hostname: bool = False  # destinations: check the name in its certificate too
+
+
 class NodeSettings(_Section):
     ae_title: AeTitle = DEFAULT_AE_TITLE
     host: str = "0.0.0.0"
@@ -65,6 +86,17 @@ class NodeSettings(_Section):
     require_called_aet: bool = True
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
     uid_root: str = "1.2.826.0.1.3680043.8.498."
+    tls: TlsSettings | None = None
+
+    @field_validator("tls")
+    @classmethod
+    def _tls(cls, value: TlsSettings | None) -> TlsSettings | None:
+        if value is not None:
+            if value.port is None or value.certificate is None or value.key is None:
+                raise ValueError("node.tls needs port, certificate and key")
+            if value.require_client_certificate and value.ca_file is None:
+                raise ValueError("node.tls.require_client_certificate needs ca_file")
+        return value
 
     @field_validator("uid_root")
     @classmethod
@@ -72,6 +104,43 @@ class NodeSettings(_Section):
         if not re.fullmatch(r"([0-9]+\.)+", value) or len(value) > 40:
             raise ValueError("a UID root is digits and dots, ends with a dot, ≤ 40 characters")
         return value
+
+
+class Peer(_Section):
+    """One allowed sender: its calling AE title and, optionally, its address or network."""
+
+    ae_title: AeTitle
+    network: str | None = None  # "10.1.2.3", "10.1.0.0/16", "fd00::/8"; None: any
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address or network: {exc}") from None
+        return value
+
+
+class ReceiveSettings(_Section):
+    """Limits of the receiving edge (the SCP). Defaults measured on 2 cores; see
+    docs/operations.md."""
+
+    # Receiving processes sharing the port (SO_REUSEPORT), each a full SCP on the
+    # one spool and index. 1: the node process receives alone.
+    processes: Annotated[int, Field(ge=1, le=64)] = 1
+    max_pdu_bytes: Annotated[int, Field(ge=0, le=2**32 - 1)] = 1048576  # 0: unlimited
+    max_instance_mb: Annotated[float, Field(gt=0)] = 2048.0
+    max_inflated_mb: Annotated[float, Field(gt=0)] = 2048.0
+    acse_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    dimse_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    network_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Concurrent associations one calling AE title (at one address) may hold,
+    # across all receiving processes.
+    max_associations_per_peer: Annotated[int, Field(ge=1, le=1000)] = 4
+    # Allowed senders. Empty (and node.allowed_calling_aets empty): any calling AE.
+    peers: list[Peer] = Field(default_factory=list)
 
 
 class StorageSettings(_Section):
@@ -130,10 +199,12 @@ class Destination(_Section):
     ae_title: AeTitle
     host: str
     port: Port
+    tls: TlsSettings | None = None
 
 
 class Settings(_Section):
     node: NodeSettings = NodeSettings()
+    receive: ReceiveSettings = ReceiveSettings()
     storage: StorageSettings = StorageSettings()
     broker: BrokerSettings = BrokerSettings()
     workers: WorkerSettings = WorkerSettings()
@@ -201,6 +272,15 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for key in ("dir", "database"):
         if isinstance(storage, dict) and isinstance(storage.get(key), str):
             storage[key] = str(_absolute(storage[key], base))
+    node = raw.get("node")
+    tls_sections = [node.get("tls") if isinstance(node, dict) else None]
+    destinations = raw.get("destinations")
+    if isinstance(destinations, dict):
+        tls_sections += [d.get("tls") for d in destinations.values() if isinstance(d, dict)]
+    for tls in tls_sections:
+        for key in ("certificate", "key", "ca_file"):
+            if isinstance(tls, dict) and isinstance(tls.get(key), str):
+                tls[key] = str(_absolute(tls[key], base))
 
 
 def _absolute(value: str, base: Path) -> Path:

@@ -3,6 +3,8 @@
     <storage.dir>/
       node.sqlite                      index, job table, outbox (see ``state``)
       spool/<study>/<series>/<sop>.dcm received instances
+      incoming/<pid>/                  data sets still arriving, one folder per
+                                       receiving process (see ``Spool.incoming``)
       work/<job id>/                   a job's mailbox with its worker (``JobFolder``)
       outbox/<job id>/<name>.dcm       results waiting for their destinations (``OutboxEntry``)
       broker/                          the embedded broker's message folders
@@ -21,6 +23,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dicom_node.errors import BadReport
@@ -38,7 +41,7 @@ def check_uid(value: object, keyword: str, tag: str) -> str:
     if value is None or str(value).strip("\0 ") == "":
         raise UnsafeUid(f"{tag} {keyword} is missing")
     text = str(value).strip("\0 ")
-    if len(text) > 64 or not _UID.match(text):
+    if len(text) > 64 or not _UID.fullmatch(text):
         raise UnsafeUid(f"{tag} {keyword} is not a valid UID (digits and dots, ≤ 64 characters)")
     return text
 
@@ -59,12 +62,18 @@ def write_atomic(path: Path, data: bytes, make_parents: bool = True) -> None:
     """
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    # A name no other thread or process uses: writers of the same file never share
+    # a temporary file, and a failed write leaves none behind.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -75,7 +84,7 @@ class Spool:
         self.root = Path(root)
 
     def create(self) -> None:
-        for sub in ("spool", "work", "outbox", "broker"):
+        for sub in ("spool", "work", "outbox", "broker", "incoming"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def input_path(self, relpath: str) -> Path:
@@ -101,6 +110,61 @@ class Spool:
         ):
             check_uid(value, kw, tag)
         return f"spool/{study}/{series}/{sop}.dcm"
+
+    def incoming(self, pid: int) -> Path:
+        """The folder where process ``pid`` receives data sets before they are placed."""
+        path = self.root / "incoming" / str(int(pid))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def sweep_incoming(self, alive: Callable[[int], bool]) -> int:
+        """Remove what receiving processes that are gone left behind (a crash
+        mid-data-set); returns how many files."""
+        removed = 0
+        for folder in (self.root / "incoming").glob("[0-9]*"):
+            if not folder.name.isdigit() or alive(int(folder.name)):
+                continue
+            removed += sum(1 for p in folder.iterdir() if p.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+        return removed
+
+    @staticmethod
+    def sync(received: Path) -> None:
+        """fsync a received file's data before it is placed."""
+        fd = os.open(received, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def place(self, received: Path, relpath: str) -> None:
+        """Move a fully received, ``sync``ed file (in ``incoming``) to ``relpath``
+        durably: rename it over any older copy, fsync the folder. Another process
+        renaming the same instance at the same time leaves one whole file."""
+        if not relpath.startswith("spool/"):
+            raise UnsafeUid(f"path {relpath!r} is not a received instance")
+        target = self.root / relpath
+        try:
+            os.replace(received, target)
+        except FileNotFoundError:
+            if not received.exists():
+                raise
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(target.parent.parent)
+            os.replace(received, target)
+        fsync_dir(target.parent)
+
+    def instance_files(self) -> Iterator[str]:
+        """Relative paths of every file in the spool (for reconciling with the index)."""
+        spool = self.root / "spool"
+        for study in os.scandir(spool):
+            if not study.is_dir():
+                continue
+            for series in os.scandir(study.path):
+                if not series.is_dir():
+                    continue
+                for entry in os.scandir(series.path):
+                    yield f"spool/{study.name}/{series.name}/{entry.name}"
 
     def store_instance(self, study: str, series: str, sop: str, data: bytes) -> str:
         """Write one received instance durably; returns its path relative to the root."""

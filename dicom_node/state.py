@@ -8,6 +8,8 @@ a committed row survives a power cut, and readers never block the SCP.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -89,7 +91,7 @@ CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox(state, next_attempt_at);
 
 # Columns added after the first release: (table, column, definition). Applied at
 # open by ``_migrate`` when missing; ``PRAGMA user_version`` records the schema.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ADDED_COLUMNS = (
     ("jobs", "ticket", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "beat", "TEXT NOT NULL DEFAULT ''"),
@@ -103,6 +105,8 @@ ADDED_COLUMNS = (
     ("jobs", "lane", "TEXT NOT NULL DEFAULT 'normal'"),
     ("jobs", "priority", "INTEGER NOT NULL DEFAULT 5"),
     ("jobs", "parameters", "TEXT NOT NULL DEFAULT '{}'"),
+    # 4: the facts' revision, so a receiver re-reads them only when another changed them
+    ("series", "facts_rev", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
@@ -113,6 +117,7 @@ class Database:
         self.path = Path(path)
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._lock_fd: int | None = None
         with self._write_lock:
             conn = self.connection()
             conn.executescript(SCHEMA)  # executescript commits by itself
@@ -143,22 +148,34 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; writers in this process queue on one lock
-        instead of spinning on SQLITE_BUSY."""
+        """A write transaction; writers queue on one lock instead of spinning on
+        SQLITE_BUSY: a thread lock within the process and an ``flock`` on
+        ``<database>.lock`` between processes (several receiving processes share
+        one index), which wakes the next writer at once where SQLite's busy
+        handler would sleep."""
         conn = self.connection()
         with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
+            if self._lock_fd is None:
+                self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         return self.connection().execute(sql, params).fetchall()
 
     def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

@@ -15,7 +15,7 @@ from typing import Any
 from dicom_node.dryrun import record
 from dicom_node.index import Index
 from dicom_node.jobs import Jobs
-from dicom_node.routing import plan_study
+from dicom_node.routing import needed_keys, plan_study
 from dicom_node.settings import Settings
 
 
@@ -27,7 +27,7 @@ def explain(
     study_uid: str, settings: Settings, index: Index, jobs: Jobs, now: float
 ) -> dict[str, Any] | None:
     study = index.study(study_uid)
-    series = index.series_of(study_uid)
+    series = index.series_of(study_uid, needed_keys(settings.rules))
     if study is None or not series:
         return None
     routed = study.routed_revision >= study.revision

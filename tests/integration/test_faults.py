@@ -55,8 +55,9 @@ def config(
             "task_time_limit_seconds": time_limit,  # a cold model load on a busy machine fits
         },
         "send": {"initial_backoff_seconds": 1, "max_backoff_seconds": 2},
-        "destinations": {"archive": {"ae_title": archive_aet, "host": "127.0.0.1",
-                                     "port": archive_port}},  # fmt: skip
+        "destinations": {
+            "archive": {"ae_title": archive_aet, "host": "127.0.0.1", "port": archive_port}
+        },  # fmt: skip
         "rules": [
             rule("normal", "NORMAL.*", "lung-ct"),
             rule("slow", "SLOW.*", "slow-lung"),
@@ -358,10 +359,17 @@ def test_archive_answering_a_failure_status_is_retried_until_it_stores(tmp_path)
             "node": {"stable_after_seconds": 1},
             "storage": {"dir": "var"},
             "send": {"initial_backoff_seconds": 1, "max_backoff_seconds": 2},
-            "destinations": {"archive": {"ae_title": archive.aet, "host": "127.0.0.1",
-                                         "port": archive.port}},  # fmt: skip
-            "rules": [{"name": "lungs", "match": {"Modality": "CT"}, "pipeline": "lung-ct",
-                       "destinations": ["archive"]}],  # fmt: skip
+            "destinations": {
+                "archive": {"ae_title": archive.aet, "host": "127.0.0.1", "port": archive.port}
+            },  # fmt: skip
+            "rules": [
+                {
+                    "name": "lungs",
+                    "match": {"Modality": "CT"},
+                    "pipeline": "lung-ct",
+                    "destinations": ["archive"],
+                }
+            ],  # fmt: skip
         }
         node.start()
         archive.folder.rmdir()

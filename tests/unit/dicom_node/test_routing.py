@@ -46,8 +46,8 @@ def series(
     """A series of the given instances (the first one repeated ``n`` times)."""
     facts: header.SeriesFacts = {}
     items = list(instances) * (n or 1) if n else list(instances)
-    for d in items:
-        header.merge(facts, header.instance_facts(d, context))
+    for i, d in enumerate(items):
+        header.merge(facts, header.instance_facts(d, context), i == 0)
     return SeriesSummary("1.2", uid, "", "", "", "", "", "", len(items), facts, first, last,
                          released)  # fmt: skip
 
@@ -57,7 +57,7 @@ def rule(when: object = None, **kw: object) -> Rule:
 
 
 def check(when: object, s: SeriesSummary, now: datetime = NOON) -> str | None:
-    return rule(when).condition.check(subject(s, [s], now))
+    return rule(when).condition.compile()(subject(s, [s], now))
 
 
 def test_equals_is_case_sensitive_unless_asked():
@@ -294,3 +294,34 @@ def test_queue_lane_priority_and_parameters_are_validated(tmp_path: Path):
     assert (ok.runs[0].queue, ok.runs[0].lane, ok.runs[0].priority) == ("gpu", "urgent", 9)
     with pytest.raises(ValueError, match="a rule needs an action"):
         Rule.model_validate({"name": "r"})
+
+
+def test_every_instance_is_exact_with_gaps_and_many_values():
+    contrast = {"attribute": "ContrastBolusAgent", "exists": True, "level": "instance"}
+    with_agent = ds(ContrastBolusAgent="IOMEPROL")
+    assert check(contrast, series(with_agent, with_agent)) is None
+    assert check(contrast, series(with_agent, ds())) == (
+        "(0018,0010) ContrastBolusAgent: not every instance has it"
+    )
+    assert check(contrast, series(ds(), with_agent)) is not None, "a gap before the first value"
+    thick = {"attribute": "SliceThickness", "range": {"max": 5}, "level": "instance"}
+    many = [ds(SliceThickness=str(1 + i / 10)) for i in range(header.MAX_DISTINCT + 2)]
+    assert check(thick, series(*many[: header.MAX_DISTINCT])) is None
+    assert check(thick, series(*many)) is not None, "values not kept: cannot say every"
+    assert check({"attribute": "SliceThickness", "range": {"max": 5}}, series(*many)) is None
+
+
+def test_facts_read_from_raw_bytes_equal_facts_from_decoded_values():
+    from io import BytesIO
+
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    raw = dcmread(BytesIO(Path(str(path)).read_bytes()))
+    decoded = dcmread(BytesIO(Path(str(path)).read_bytes()))
+    for tag in list(decoded.keys()):
+        decoded[tag]  # every element converted by pydicom
+    fast = header.instance_facts(raw)
+    assert fast == header.instance_facts(decoded)
+    assert fast["00080060"] == ["CT"] and fast["00280010"] == ["128"]

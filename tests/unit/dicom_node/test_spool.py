@@ -64,3 +64,38 @@ def test_a_worker_never_recreates_a_withdrawn_ticket_folder(tmp_path):
         with pytest.raises(FileNotFoundError):
             write()
     assert sorted(p.name for p in folder.path.iterdir()) == ["claims", "t2"]
+
+
+def test_concurrent_writers_of_one_file_never_share_a_temporary_file(tmp_path):
+    import threading
+
+    from dicom_node.spool import write_atomic
+
+    target = tmp_path / "x.dcm"
+    versions = [bytes([n]) * 200_000 for n in range(8)]
+    errors: list[BaseException] = []
+
+    def write(data: bytes) -> None:
+        try:
+            for _ in range(20):
+                write_atomic(target, data)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_bytes() in versions
+    assert [p.name for p in tmp_path.iterdir()] == ["x.dcm"]
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    from dicom_node.spool import write_atomic
+
+    (tmp_path / "x.dcm").mkdir()  # the rename onto a folder fails
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "x.dcm", b"data")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.dcm"]

@@ -1,0 +1,182 @@
+"""Ingest rate of the node against dcmtk ``storescp +B``, side by side in one run.
+
+    .venv/bin/python bench/ingest.py [--instances 1000] [--processes 2] [--rss-push 10000]
+        [--jpeg-ls]
+
+1. Makes ``--instances`` CT instances (512×512, 16-bit, explicit VR little endian,
+   one series) in a temporary folder.
+2. Sends them with dcmtk ``storescu`` (TCP_NODELAY=1 on both dcmtk ends) to
+   ``storescp +B`` (bit-preserving, writes each file, no fsync) and to the node
+   (shipped defaults, ``rules: []``, fsync and index commit before every
+   Success, ``receive.processes`` from ``--processes``): once over one
+   association, once over four concurrent associations (four ``storescu`` with
+   a quarter of the files each). Prints instances/s and node/storescp ratios.
+3. ``--jpeg-ls``: the same files compressed with ``dcmcjpls`` (lossless), sent
+   to both as they are (stored as received, so no slower than uncompressed).
+4. ``--rss-push N``: pushes N instances (the files sent again and again over four
+   associations) and samples the RSS of the node and its receiving processes
+   every 0.2 s; prints the first and the peak total (it must stay flat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.ct_series import SeriesOptions, make_ct_datasets  # noqa: E402
+from tests.support.peers import DCMTK_ENV, NodeProcess, free_port, port_open  # noqa: E402
+from tests.support.wait import wait_for  # noqa: E402
+
+
+def make_files(folder: Path, count: int) -> list[Path]:
+    """``count`` 512×512 CT instances of one series (noise, so they do not compress away)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    hu = rng.integers(-1000, 1500, (1, 512, 512), dtype=np.int16)
+    template = make_ct_datasets(hu, SeriesOptions()).datasets[0]
+    from pydicom.uid import generate_uid
+
+    paths = []
+    for n in range(count):
+        template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        template.InstanceNumber = n + 1
+        path = folder / f"ct{n:05d}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def jpeg_ls(paths: list[Path], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in paths:
+        target = folder / path.name
+        subprocess.run(["dcmcjpls", str(path), str(target)], check=True)
+        out.append(target)
+    return out
+
+
+def push(port: int, called: str, paths: list[Path], associations: int) -> float:
+    """Seconds for ``associations`` concurrent storescu to send ``paths`` between them."""
+    chunks = [paths[i::associations] for i in range(associations)]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aet", f"BENCH{i}", "-aec", called, "127.0.0.1", str(port),
+             *map(str, chunk)],
+            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        for i, chunk in enumerate(chunks)
+    ]  # fmt: skip
+    errors = [p.communicate()[1] for p in procs]
+    elapsed = time.perf_counter() - start
+    for proc, err in zip(procs, errors, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
+    return elapsed
+
+
+def node_tree_rss(pid: int) -> int:
+    proc = psutil.Process(pid)
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            if "worker" in " ".join(p.cmdline()):
+                continue  # the embedded Celery worker does not receive
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--instances", type=int, default=1000)
+    ap.add_argument("--processes", type=int, default=2, help="receive.processes of the node")
+    ap.add_argument("--rss-push", type=int, default=0)
+    ap.add_argument("--jpeg-ls", action="store_true")
+    ap.add_argument("--tree", type=Path, default=REPO, help="checkout whose node runs")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        paths = make_files(work / "ct", args.instances)
+        sets = {"uncompressed": paths}
+        if args.jpeg_ls:
+            sets["JPEG-LS lossless"] = jpeg_ls(paths, work / "jls")
+        (work / "storescp").mkdir()
+        scp_port = free_port()
+        scp = subprocess.Popen(
+            ["storescp", "+B", "-aet", "STORESCP", "-od", str(work / "storescp"), str(scp_port)],
+            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: port_open(scp_port), 30, "storescp to listen")
+        node = NodeProcess(
+            work / "node",
+            {
+                "receive": {"processes": args.processes},
+                "storage": {"dir": "var", "retention_hours": 0},
+                "rules": [],
+            },
+            tree=args.tree,
+        ).start()
+        try:
+            print(f"{args.instances} CT instances 512x512 16-bit; node receive.processes="
+                  f"{args.processes}")  # fmt: skip
+            print(f"{'input':<18} {'assocs':>6} {'storescp/s':>11} {'node/s':>8} {'ratio':>6}")
+            for name, files in sets.items():
+                for assocs in (1, 4):
+                    ref = push(scp_port, "STORESCP", files, assocs)
+                    shutil.rmtree(work / "storescp", ignore_errors=True)
+                    (work / "storescp").mkdir()
+                    got = push(node.port, "DICOM-NODE", files, assocs)
+                    rate_ref, rate = len(files) / ref, len(files) / got
+                    print(f"{name:<18} {assocs:>6} {rate_ref:>11.0f} {rate:>8.0f}"
+                          f" {rate / rate_ref:>6.2f}", flush=True)  # fmt: skip
+            if args.rss_push:
+                assert node.proc is not None
+                samples: list[int] = []
+                done = threading.Event()
+
+                def sample() -> None:
+                    while not done.is_set():
+                        samples.append(node_tree_rss(node.proc.pid))  # type: ignore[union-attr]
+                        done.wait(0.2)
+
+                sampler = threading.Thread(target=sample)
+                sampler.start()
+                rounds = max(1, args.rss_push // len(paths))
+                start = time.perf_counter()
+                for _ in range(rounds):
+                    push(node.port, "DICOM-NODE", paths, 4)
+                elapsed = time.perf_counter() - start
+                done.set()
+                sampler.join()
+                mb = [s / 2**20 for s in samples]
+                tenth = max(1, len(mb) // 10)
+                print(f"RSS over a {rounds * len(paths)}-instance push ({elapsed:.0f} s, 4 assocs):"
+                      f" first 10% peak {max(mb[:tenth]):.0f} MB, overall peak {max(mb):.0f} MB,"
+                      f" last {mb[-1]:.0f} MB (node + receiving processes)")  # fmt: skip
+        finally:
+            if node.stop() != 0:
+                print(node.log()[-3000:])
+            scp.terminate()
+            scp.wait()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

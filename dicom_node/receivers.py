@@ -1,0 +1,133 @@
+"""Extra receiving processes: several full SCPs sharing the node's port.
+
+One Python process receives at pynetdicom's per-association ceiling (see
+docs/benchmarks.md); with ``receive.processes: N`` the node process runs one SCP
+and starts N-1 more processes of this module, all bound to the same port with
+SO_REUSEPORT (the kernel spreads new connections over them). Each is a complete
+SCP on the one spool and index: the index's write lock is shared between
+processes (``state.Database``), association limits are counted across them
+(``peers.Slots``), and each receives into its own ``incoming/<pid>`` folder.
+Routing, dispatch and sending stay in the node process.
+
+``ReceiverProcesses`` starts them, restarts one that dies (after a backoff) and
+stops them with SIGTERM on shutdown. Run by hand it is
+
+    python -m dicom_node.receivers --config config.yaml --port 11112
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from dicom_node.index import Index
+from dicom_node.scp import Receiver, start_servers
+from dicom_node.settings import Settings, load_settings
+from dicom_node.spool import Spool
+from dicom_node.state import Database
+
+logger = logging.getLogger(__name__)
+
+
+class ReceiverProcesses:
+    """Supervises ``count`` receiving processes beside the node's own SCP."""
+
+    RESTART_BACKOFF = 2.0
+
+    def __init__(
+        self, count: int, config: Path | None, port: int, tls_port: int | None = None
+    ) -> None:
+        self.count = count
+        self.command = [sys.executable, "-m", "dicom_node.receivers", "--port", str(port),
+                        "--parent", str(os.getpid())]  # fmt: skip
+        if tls_port is not None:
+            self.command += ["--tls-port", str(tls_port)]
+        if config is not None:
+            self.command += ["--config", str(config)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.dead_since: dict[int, float] = {}
+
+    def start(self) -> None:
+        self.procs = [subprocess.Popen(self.command) for _ in range(self.count)]
+        logger.info("%d extra receiving process(es) started", self.count)
+
+    def check(self, now: float | None = None) -> None:
+        """Restart a receiving process that exited, once its backoff has passed."""
+        now = time.monotonic() if now is None else now
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is None:
+                continue
+            since = self.dead_since.setdefault(i, now)
+            if since == now:
+                logger.error("receiving process %d exited with %s; restarting",
+                             proc.pid, proc.returncode)  # fmt: skip
+            if now - since >= self.RESTART_BACKOFF:
+                del self.dead_since[i]
+                self.procs[i] = subprocess.Popen(self.command)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def serve(
+    settings: Settings,
+    port: int,
+    stop: threading.Event,
+    parent: int = 0,
+    tls_port: int | None = None,
+) -> None:
+    """One receiving process: an SCP on ``port`` until ``stop`` is set, or until the
+    node process ``parent`` is gone (killed: it must not leave receivers behind)."""
+    spool = Spool(settings.storage.dir)
+    db = Database(settings.storage.database_path)
+    receiver = Receiver(spool, Index(db), settings.storage.min_free_mb * 2**20,
+                        settings.node, settings.receive)  # fmt: skip
+    servers = start_servers(settings.node, receiver, port=port, tls_port=tls_port)
+    logger.info("receiving (pid %d)", os.getpid())
+    while not stop.wait(1.0):
+        if parent and os.getppid() != parent:
+            logger.warning("the node process is gone; receiving process stops")
+            break
+    for server in servers:
+        server.shutdown()
+    db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dicom_node.cli import configure_logging
+
+    parser = argparse.ArgumentParser(prog="dicom_node.receivers")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--parent", type=int, default=0)
+    parser.add_argument("--tls-port", type=int)
+    args = parser.parse_args(argv)
+    configure_logging("INFO")
+    settings = load_settings(args.config)
+    os.umask(0o027 if settings.storage.group_access else 0o077)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the node process reloads the config
+    serve(settings, args.port, stop, args.parent, args.tls_port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

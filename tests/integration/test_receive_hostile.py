@@ -1,0 +1,253 @@
+"""Hostile, broken and concurrent input against a running node: each answered with
+the right status, nothing partial kept, the node serving throughout."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pynetdicom import AE
+
+from dicom_node.header import meta_end
+from tests.support.ct_series import SeriesOptions, write_ct_series
+from tests.support.hostile import (
+    DEFLATED,
+    JPEG_LS_LOSSLESS,
+    ct_dataset,
+    deflate_bomb,
+    element,
+    encode,
+    nested_sequences,
+    write_raw,
+)
+from tests.support.peers import DCMTK_ENV, REPO, NodeProcess, echoscu, storescu
+from tests.support.wait import wait_for
+
+STUDY = "1.2.826.0.1.3680043.8.498.77"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    proc = NodeProcess(
+        tmp_path_factory.mktemp("hostile"),
+        {
+            "node": {"stable_after_seconds": 1},
+            "receive": {"max_instance_mb": 3, "max_inflated_mb": 4, "max_associations_per_peer": 2},
+            "storage": {"dir": "var"},
+            "rules": [],
+        },
+    ).start()
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+def raw_store(port: int, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tests.support.raw_scu", str(port), str(path), *args],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+
+
+def leftovers(node: NodeProcess) -> list[Path]:
+    """Files being received, or kept from a refused data set."""
+    return [p for p in (node.folder / "var" / "incoming").rglob("*") if p.is_file()
+            and "slots" not in p.parts]  # fmt: skip
+
+
+def spool_files(node: NodeProcess) -> set[Path]:
+    return {p for p in (node.folder / "var" / "spool").rglob("*") if p.is_file()}
+
+
+def indexed(node: NodeProcess, sop_uid: str) -> int:
+    db = sqlite3.connect(node.folder / "var" / "node.sqlite")
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM instances WHERE sop_uid = ?",
+                              (sop_uid,)).fetchone()[0])  # fmt: skip
+    finally:
+        db.close()
+
+
+def _with(data: bytes, before: bytes, extra: bytes) -> bytes:
+    cut = data.index(before)
+    return data[:cut] + extra + data[cut:]
+
+
+def _cases() -> dict[str, tuple[bytes, str, str]]:
+    big = encode(ct_dataset("1.2.3.9.1", rows=64))
+    base = encode(ct_dataset("1.2.3.9.1"))
+    no_pixels = ct_dataset("1.2.3.9.1")
+    del no_pixels.PixelData
+    sop_class_tag = b"\x08\x00\x16\x00"
+    return {
+        "truncated": (big[:-1000], "", "0xC210"),
+        "2GB-length": (_with(base, sop_class_tag,
+                             element(0x0008, 0x0070, b"UT", b"x" * 8, 0x7FFFFFF0)), "", "0xC210"),
+        "10000-nested-sequences": (
+            _with(base, b"\x20\x00\x0d\x00", nested_sequences(10_000)), "", "0xC210"),
+        "file-meta-inside": (
+            element(0x0002, 0x0010, b"UI", b"1.2.840.10008.1.2\0") + base, "", "0xC210"),
+        "meta-disagrees-with-context": (base, JPEG_LS_LOSSLESS, "0xC210"),
+        "deflate-bomb": (deflate_bomb(encode(no_pixels), 64), DEFLATED, "0xA700"),
+        "over-max-instance-size": (encode(ct_dataset("1.2.3.9.1", rows=1400)), "", "0xA700"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_hostile_data_sets_are_refused_with_a_status_and_nothing_is_kept(node, tmp_path, case):
+    data, syntax, status = _cases()[case]
+    before = spool_files(node)
+    path = write_raw(tmp_path / "bad.dcm", data, "1.2.3.9.1", syntax or "1.2.840.10008.1.2.1")
+    result = raw_store(node.port, path)
+    assert f"status {status}" in result.stdout, result.stdout + result.stderr
+    assert spool_files(node) == before
+    wait_for(lambda: not leftovers(node), 10, "no partial file in incoming")
+    assert indexed(node, "1.2.3.9.1") == 0
+    assert echoscu(node.port).returncode == 0, "the node keeps serving"
+
+
+def test_an_association_cut_mid_data_set_leaves_no_partial_file(node, tmp_path):
+    path = write_raw(tmp_path / "big.dcm", encode(ct_dataset("1.2.3.9.2", rows=1000)), "1.2.3.9.2")
+    before = spool_files(node)
+    result = raw_store(node.port, path, "--cut-after", "200000")
+    assert result.returncode == 3, result.stdout + result.stderr
+    wait_for(lambda: not leftovers(node), 30, "the partial data set to be removed")
+    assert spool_files(node) == before and indexed(node, "1.2.3.9.2") == 0
+    assert echoscu(node.port).returncode == 0
+
+
+def test_the_same_instance_stored_at_once_over_four_associations(node, tmp_path):
+    """A retry storm: every copy is answered Success and the file is one of them, whole."""
+    versions = []
+    for n in range(4):
+        ds = ct_dataset("1.2.3.9.3", rows=200, study=STUDY, value=n + 1)
+        versions.append(write_raw(tmp_path / f"v{n}.dcm", encode(ds), "1.2.3.9.3"))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tests.support.raw_scu", str(node.port), str(v),
+                          "--repeat", "15", "--calling", f"STORM{n}"],
+                         stdout=subprocess.PIPE, text=True, cwd=REPO)
+        for n, v in enumerate(versions)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    for out in outputs:
+        assert out.split("\n").count("status 0x0000") == 15, out
+    stored = node.folder / "var" / "spool" / STUDY / f"{STUDY}.1" / "1.2.3.9.3.dcm"
+    with open(stored, "rb") as fp:
+        body = stored.read_bytes()[meta_end(fp) :]
+    assert body in [v.read_bytes()[meta_end(open(v, "rb")) :] for v in versions]
+    assert indexed(node, "1.2.3.9.3") == 1
+    wait_for(lambda: not leftovers(node), 10, "no temporary file left")
+
+
+def test_a_resent_instance_with_new_content_replaces_the_old_and_counts_once(node, tmp_path):
+    first = write_raw(tmp_path / "a.dcm", encode(ct_dataset("1.2.3.9.4", value=1)), "1.2.3.9.4")
+    second = write_raw(tmp_path / "b.dcm", encode(ct_dataset("1.2.3.9.4", value=2)), "1.2.3.9.4")
+    assert "status 0x0000" in raw_store(node.port, first).stdout
+    assert "status 0x0000" in raw_store(node.port, second).stdout
+    stored = next((node.folder / "var" / "spool").rglob("1.2.3.9.4.dcm"))
+    assert pydicom.dcmread(stored).pixel_array.max() == 2
+    assert indexed(node, "1.2.3.9.4") == 1
+
+
+@pytest.mark.parametrize(
+    "sop_class",
+    [
+        "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+        "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+        "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection
+    ],
+    ids=["SR", "PR", "KO"],
+)
+def test_sr_pr_and_ko_in_an_image_study_are_stored(node, tmp_path, sop_class):
+    ds = ct_dataset(f"1.2.3.9.5.{len(sop_class)}", study=STUDY)
+    ds.SOPClassUID = sop_class
+    del ds.PixelData
+    path = write_raw(tmp_path / "x.dcm", encode(ds), ds.SOPInstanceUID, sop_class=sop_class)
+    assert "status 0x0000" in raw_store(node.port, path).stdout
+    assert indexed(node, ds.SOPInstanceUID) == 1
+
+
+def test_one_peer_cannot_take_every_association(node):
+    hog = AE(ae_title="HOG")
+    hog.add_requested_context("1.2.840.10008.1.1")
+    held = [hog.associate("127.0.0.1", node.port, ae_title="DICOM-NODE") for _ in range(3)]
+    try:
+        assert [a.is_established for a in held] == [True, True, False]
+        assert held[2].is_rejected
+        assert echoscu(node.port, calling="REALPACS").returncode == 0
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()
+    wait_for(lambda: "association limit reached" in node.log(), 10, "the rejection logged")
+
+
+def test_kill_9_mid_push_loses_nothing_answered_and_a_resend_completes_it(tmp_path):
+
+    series = write_ct_series(tmp_path / "ct", np.zeros((300, 16, 16), np.int16), SeriesOptions())
+    proc = NodeProcess(tmp_path / "n", {"storage": {"dir": "var"}, "rules": []}).start()
+    push = subprocess.Popen(
+        ["storescu", "-v", "-aet", "STORESCU", "-aec", "DICOM-NODE", "127.0.0.1", str(proc.port),
+         *map(str, series.paths)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=DCMTK_ENV,
+    )  # fmt: skip
+    db = proc.folder / "var" / "node.sqlite"
+    wait_for(lambda: db.exists() and _count(db) >= 60, 60, "part of the push to arrive")
+    proc.proc.send_signal(signal.SIGKILL)
+    proc.proc.wait()
+    out = push.communicate(timeout=60)[0]
+    acked = out.count("Received Store Response (Success)")
+    assert 0 < acked < 300
+    proc.start()
+    try:
+        folder = proc.folder / "var" / "spool" / series.study_uid / series.series_uid
+        for path, sop in list(zip(series.paths, series.sop_uids, strict=True))[:acked]:
+            assert (folder / f"{sop}.dcm").read_bytes()[-512:] == path.read_bytes()[-512:]
+        assert _count(db) >= acked
+        on_disk = set((proc.folder / "var" / "spool").rglob("*.dcm"))
+        assert len(on_disk) == _count(db), "no file without its index row after the restart"
+        assert storescu(proc.port, series.paths).returncode == 0
+        assert _count(db) == 300
+        status = proc.status()
+        assert status["index"]["instances"] == 300
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+def _count(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_several_receiving_processes_share_the_port_and_one_index(tmp_path):
+    series = write_ct_series(tmp_path / "ct", np.zeros((40, 16, 16), np.int16), SeriesOptions())
+    proc = NodeProcess(
+        tmp_path / "n", {"receive": {"processes": 2}, "storage": {"dir": "var"}, "rules": []}
+    ).start()
+    try:
+        incoming = proc.folder / "var" / "incoming"
+        wait_for(lambda: len(list(incoming.glob("[0-9]*"))) == 2, 30, "both receiving processes")
+        pushes = [
+            subprocess.Popen(
+                ["storescu", "-aet", f"PACS{i}", "-aec", "DICOM-NODE", "127.0.0.1",
+                 str(proc.port), *map(str, series.paths[i::4])],
+                env=DCMTK_ENV, stderr=subprocess.PIPE, text=True,
+            )
+            for i in range(4)
+        ]  # fmt: skip
+        for push in pushes:
+            assert push.wait(120) == 0, push.stderr.read() if push.stderr else ""
+        assert _count(proc.folder / "var" / "node.sqlite") == 40
+        assert proc.status()["index"]["instances"] == 40
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert not [p for p in incoming.rglob("*") if p.is_file() and "slots" not in p.parts]
