@@ -273,7 +273,8 @@ class Node:
             return False
         try:
             new = load_settings(self.config)
-            check_pipeline_names(new, self.backend.pipeline_names(new))
+            # The workers keep the models they started with: a rule may only name those.
+            check_pipeline_names(new, self.backend.pipeline_names(self.settings))
         except ConfigError as exc:
             logger.error("configuration NOT reloaded; the running one stays in force: %s", exc)
             return False

@@ -113,14 +113,14 @@ def match(series: SeriesSummary, study: Sequence[SeriesSummary], rules: Sequence
 
 
 _COMPILED: dict[int, tuple[Sequence[Rule], list[Check], list[str]]] = {}
-# Facts the planner and the dry run read besides those the rules name.
-ALWAYS = ("00080060", "00080016", IMAGES_IN_ACQUISITION, ACQUISITION_NUMBER, TEMPORAL_POSITIONS,
-          TEMPORAL_POSITION_ID, NUMBER_OF_FRAMES, *LEGACY_COLUMNS)  # fmt: skip
+# Facts the expected-content trigger reads besides those the rules name.
+COUNTS = (IMAGES_IN_ACQUISITION, ACQUISITION_NUMBER, TEMPORAL_POSITIONS, TEMPORAL_POSITION_ID,
+          NUMBER_OF_FRAMES)  # fmt: skip
 
 
 def referenced_keys(rules: Sequence[Rule]) -> list[str]:
     """The fact keys the rules' conditions (and triggers) test."""
-    keys: set[str] = set(ALWAYS)
+    keys: set[str] = set()
 
     def walk(node: object) -> None:
         if isinstance(node, AttributeCondition):
@@ -136,8 +136,11 @@ def referenced_keys(rules: Sequence[Rule]) -> list[str]:
 
     for rule in rules:
         walk(rule.condition)
-        for cond in rule.trigger.expect.series if rule.trigger.expect else []:
+        expect = rule.trigger.expect
+        for cond in expect.series if expect else []:
             walk(cond)
+        if expect is not None and expect.instance_counts:
+            keys.update(COUNTS)
     keys.discard(COUNT)
     return sorted(keys)
 
