@@ -317,16 +317,32 @@ class AttributeCondition(_Model):
                     return missing
                 if OTHER in values or key in s.facts.get(PARTIAL, ()):
                     return some
-                return None if all(test(v) for v in values) else some
+                return None if all(map(test, values)) else some
 
             return every
 
-        def any_value(s: Subject) -> str | None:
-            values = (s.study() if study else s.facts).get(key)
+        if study:
+
+            def any_in_study(s: Subject) -> str | None:
+                values = s.study().get(key)
+                if not values:
+                    return missing
+                return None if any(map(test, values)) else no_value
+
+            return any_in_study
+        raw, seen = self._test[0], {OTHER: False}
+
+        def any_value(s: Subject) -> str | None:  # the hot path: inlined memo
+            values = s.facts.get(key)
             if not values:
                 return missing
             for v in values:
-                if v != OTHER and test(v):
+                found = seen.get(v)
+                if found is None:
+                    found = raw(v)
+                    if len(seen) < 4096:
+                        seen[v] = found
+                if found:
                     return None
             return no_value
 
@@ -335,7 +351,7 @@ class AttributeCondition(_Model):
 
 def _memo(test: Callable[[str], bool]) -> Callable[[str], bool]:
     """Remember a test's answer per value: values repeat across series and rules."""
-    seen: dict[str, bool] = {}
+    seen: dict[str, bool] = {OTHER: False}  # a value not kept satisfies nothing
 
     def cached(value: str) -> bool:
         found = seen.get(value)

@@ -30,7 +30,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import DicomDictionary, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -65,6 +65,14 @@ SKIPPED = frozenset(
 # Attributes whose distinct values the expected-content trigger counts.
 COUNTED = {"00200100": 4096, "00200012": 256}  # TemporalPositionIdentifier, AcquisitionNumber
 CONTEXT_KEYS = ("calling_ae", "called_ae", "peer_address")
+# UIDs are kept only when they name a kind of thing (SOP class, transfer syntax,
+# coding scheme, ...); instance UIDs (study, series, frame of reference, the
+# instances a sequence refers to) are unique and would only make facts large.
+KEPT_UIDS = frozenset(
+    tag for tag, entry in DicomDictionary.items()
+    if entry[0] == "UI" and not entry[4].endswith(("InstanceUID", "FrameOfReferenceUID"))
+    and "Instance" not in entry[4]
+)  # fmt: skip
 _VR_CACHE: dict[int, str | None] = {}
 
 
@@ -85,7 +93,9 @@ def _text(value: Any) -> str | None:
 
 
 def _vr(tag: int, raw: RawDataElement) -> str | None:
-    if raw.VR is not None:
+    """The element's VR; for implicit VR, and for UN (which some archives write
+    for attributes they do not know), the dictionary's, when the tag is known."""
+    if raw.VR is not None and raw.VR != "UN":
         return str(raw.VR)
     if tag not in _VR_CACHE:
         try:
@@ -101,7 +111,7 @@ def _fast_text(tag: int, raw: Any) -> tuple[bool, str | None]:
     if not isinstance(raw, RawDataElement):
         return False, None
     vr = _vr(tag, raw)
-    if vr is None or vr in BINARY_VRS:
+    if vr is None or vr in BINARY_VRS or (vr == "UI" and tag not in KEPT_UIDS):
         return True, None
     value = raw.value
     if not isinstance(value, bytes):
@@ -150,7 +160,7 @@ def _walk(ds: Dataset, prefix: str, depth: int, out: InstanceFacts) -> None:
             if depth + 1 < MAX_DEPTH and isinstance(elem.value, DicomSequence):
                 for item in list(elem.value)[:MAX_ITEMS]:
                     _walk(item, key + ".", depth + 1, out)
-        elif elem.VR not in BINARY_VRS:
+        elif elem.VR not in BINARY_VRS and (elem.VR != "UI" or itag in KEPT_UIDS):
             _add(out, key, _text(elem.value))
 
 

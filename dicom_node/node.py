@@ -31,7 +31,7 @@ from dicom_node.leader import LOOK_SECONDS, lease_for
 from dicom_node.outbox import Outbox, Sender
 from dicom_node.receivers import ReceiverProcesses
 from dicom_node.retention import purge_sources
-from dicom_node.scp import Receiver, reconcile_spool, start_server
+from dicom_node.scp import Receiver, reconcile_spool, start_servers
 from dicom_node.settings import ConfigError, Settings, check_pipeline_names, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import open_database
@@ -201,14 +201,17 @@ class Node:
         self._threads: list[threading.Thread] = []
         self.server: ThreadedAssociationServer | None = None
         self.receivers: ReceiverProcesses | None = None
+        self.tls_server: ThreadedAssociationServer | None = None
 
     def start(self) -> tuple[str, int]:
         reconcile_spool(self.spool, self.index)
-        self.server = start_server(self.settings.node, self.receiver)  # fails first, if at all
+        servers = start_servers(self.settings.node, self.receiver)  # fails first, if at all
+        self.server, self.tls_server = servers[0], servers[1] if len(servers) > 1 else None
         host, port = self.server.server_address[:2]
+        tls_port = self.tls_server.server_address[1] if self.tls_server is not None else None
         if self.settings.receive.processes > 1:
             extra = self.settings.receive.processes - 1
-            self.receivers = ReceiverProcesses(extra, self.config, port)
+            self.receivers = ReceiverProcesses(extra, self.config, port, tls_port)
             self.receivers.start()
         self.sender.active = lambda: self.leading
         self._lead()
@@ -270,8 +273,9 @@ class Node:
 
     def stop(self) -> None:
         logger.info("stopping: no new associations")
-        if self.server is not None:
-            self.server.shutdown()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.shutdown()
         if self.receivers is not None:
             self.receivers.stop()
         self.stop_event.set()
@@ -294,7 +298,8 @@ class Node:
             return False
         try:
             new = load_settings(self.config)
-            check_pipeline_names(new, self.backend.pipeline_names(new))
+            # The workers keep the models they started with: a rule may only name those.
+            check_pipeline_names(new, self.backend.pipeline_names(self.settings))
         except ConfigError as exc:
             logger.error("configuration NOT reloaded; the running one stays in force: %s", exc)
             return False

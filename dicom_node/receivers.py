@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from dicom_node.index import Index
-from dicom_node.scp import Receiver, start_server
+from dicom_node.scp import Receiver, start_servers
 from dicom_node.settings import Settings, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import open_database
@@ -41,10 +41,14 @@ class ReceiverProcesses:
 
     RESTART_BACKOFF = 2.0
 
-    def __init__(self, count: int, config: Path | None, port: int) -> None:
+    def __init__(
+        self, count: int, config: Path | None, port: int, tls_port: int | None = None
+    ) -> None:
         self.count = count
         self.command = [sys.executable, "-m", "dicom_node.receivers", "--port", str(port),
                         "--parent", str(os.getpid())]  # fmt: skip
+        if tls_port is not None:
+            self.command += ["--tls-port", str(tls_port)]
         if config is not None:
             self.command += ["--config", str(config)]
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -81,20 +85,27 @@ class ReceiverProcesses:
                 proc.wait()
 
 
-def serve(settings: Settings, port: int, stop: threading.Event, parent: int = 0) -> None:
+def serve(
+    settings: Settings,
+    port: int,
+    stop: threading.Event,
+    parent: int = 0,
+    tls_port: int | None = None,
+) -> None:
     """One receiving process: an SCP on ``port`` until ``stop`` is set, or until the
     node process ``parent`` is gone (killed: it must not leave receivers behind)."""
     spool = Spool(settings.storage.dir)
     db = open_database(settings.storage.database_target)
     receiver = Receiver(spool, Index(db), settings.storage.min_free_mb * 2**20,
                         settings.node, settings.receive)  # fmt: skip
-    server = start_server(settings.node, receiver, port=port)
-    logger.info("receiving on port %d (pid %d)", port, os.getpid())
+    servers = start_servers(settings.node, receiver, port=port, tls_port=tls_port)
+    logger.info("receiving (pid %d)", os.getpid())
     while not stop.wait(1.0):
         if parent and os.getppid() != parent:
             logger.warning("the node process is gone; receiving process stops")
             break
-    server.shutdown()
+    for server in servers:
+        server.shutdown()
     db.close()
 
 
@@ -105,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--parent", type=int, default=0)
+    parser.add_argument("--tls-port", type=int)
     args = parser.parse_args(argv)
     configure_logging("INFO")
     settings = load_settings(args.config)
@@ -113,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the node process reloads the config
-    serve(settings, args.port, stop, args.parent)
+    serve(settings, args.port, stop, args.parent, args.tls_port)
     return 0
 
 

@@ -73,10 +73,20 @@ def _associate(
     for sop_class in sorted(set(sop_classes)):
         ae.add_requested_context(sop_class, _TRANSFER_SYNTAXES)
     answers: list[Any] = []  # the A-ASSOCIATE response primitive, kept for its Result
+    tls_args = None
+    if destination.tls is not None:
+        from dicom_node.tls import client_context
+
+        try:
+            tls_args = (client_context(destination.tls), destination.host)
+        except OSError as exc:  # ssl.SSLError is one: a bad certificate, key or CA file
+            why = f"{type(exc).__name__}: {exc.strerror or exc}"
+            raise DestinationRefused(f"TLS files for {_where(destination)}: {why}") from None
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
+        tls_args=tls_args,
         evt_handlers=[(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))],
     )
     if assoc.is_established:

@@ -58,6 +58,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsSettings(_Section):
+    """DICOM TLS (PS3.15 Basic TLS Secure Transport; TLS 1.2 or later).
+
+    On the SCP (``node.tls``): ``port`` listens with TLS beside ``node.port``, or
+    instead of it with ``only: true``; a client must present a certificate signed
+    by ``ca_file`` when ``require_client_certificate``. For a destination
+    (``destinations.<name>.tls``): ``ca_file`` verifies the destination's
+    certificate (the system's CAs when not given), ``certificate``/``key`` are
+    ours when it asks for one; ``port`` and ``only`` do not apply.
+    """
+
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    certificate: Path | None = None
+    key: Path | None = None
+    ca_file: Path | None = None
+    require_client_certificate: bool = True
+    only: bool = False
+    verify_hostname: bool = False  # destinations: check the name in its certificate too
+
+
 class NodeSettings(_Section):
     ae_title: AeTitle = DEFAULT_AE_TITLE
     host: str = "0.0.0.0"
@@ -67,6 +87,17 @@ class NodeSettings(_Section):
     require_called_aet: bool = True
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
     uid_root: str = "1.2.826.0.1.3680043.8.498."
+    tls: TlsSettings | None = None
+
+    @field_validator("tls")
+    @classmethod
+    def _tls(cls, value: TlsSettings | None) -> TlsSettings | None:
+        if value is not None:
+            if value.port is None or value.certificate is None or value.key is None:
+                raise ValueError("node.tls needs port, certificate and key")
+            if value.require_client_certificate and value.ca_file is None:
+                raise ValueError("node.tls.require_client_certificate needs ca_file")
+        return value
 
     @field_validator("uid_root")
     @classmethod
@@ -180,6 +211,7 @@ class Destination(_Section):
     ae_title: AeTitle
     host: str
     port: Port
+    tls: TlsSettings | None = None
 
 
 class Settings(_Section):
@@ -249,12 +281,19 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     if isinstance(models, list):
         raw["models"] = [str(_absolute(m, base)) if isinstance(m, str) else m for m in models]
     storage = raw.get("storage")
-    if not isinstance(storage, dict):
-        return
     for key in ("dir", "database"):
-        value = storage.get(key)
+        value = storage.get(key) if isinstance(storage, dict) else None
         if isinstance(value, str) and "://" not in value:
-            storage[key] = str(_absolute(value, base))
+            storage[key] = str(_absolute(value, base))  # type: ignore[index]
+    node = raw.get("node")
+    tls_sections = [node.get("tls") if isinstance(node, dict) else None]
+    destinations = raw.get("destinations")
+    if isinstance(destinations, dict):
+        tls_sections += [d.get("tls") for d in destinations.values() if isinstance(d, dict)]
+    for tls in tls_sections:
+        for key in ("certificate", "key", "ca_file"):
+            if isinstance(tls, dict) and isinstance(tls.get(key), str):
+                tls[key] = str(_absolute(tls[key], base))
 
 
 def _absolute(value: str, base: Path) -> Path:

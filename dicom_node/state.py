@@ -121,6 +121,8 @@ ADDED_COLUMNS: tuple[tuple[int, str, str, str], ...] = (
     (3, "jobs", "parameters", "TEXT NOT NULL DEFAULT '{{}}'"),
     # 4: the facts' revision, so a receiver re-reads them only when another changed them
     (4, "series", "facts_rev", "{big} NOT NULL DEFAULT 0"),
+    # 5: when the instances not yet routed started arriving (forced-completion timeouts)
+    (5, "studies", "pending_since", "{real}"),
 )
 SCHEMA_VERSION = max(version for version, *_ in ADDED_COLUMNS)
 

@@ -1,0 +1,141 @@
+"""Inference throughput of the built-in models, and the time spent outside them.
+
+    .venv/bin/python bench/inference.py [--runs 3] [--slices 300]
+
+For the brain-t1 pipeline (deepbrain's graph through its manifest) on the real
+T1 head MR of Debian's ITK examples (62 slices), and for the lung-ct pipeline
+on a 512 x 512 chest CT phantom of ``--slices`` slices, in this process:
+
+- first call: loading the model (checksum, import, graph) and the first run,
+  which traces its function, printed apart;
+- then ``--runs`` warm runs, each timed end to end: read the files and build
+  the volume ("load"), pre- and post-processing around the model, the model
+  call itself, encoding SEG + SR, writing them, and sending them with dcmtk
+  ``storescu`` to a dcmtk ``storescp`` on loopback;
+- slices/s of the model call alone and of the whole run, and the share of the
+  run spent outside the model call (target: under 30 %).
+
+The peer measured in the same run is TensorFlow itself: the model call is timed
+where the pipeline makes it, so "outside" is everything the node adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipelines.registry import discover  # noqa: E402
+from pipelines.runner import run_series  # noqa: E402
+from pipelines.uids import DerivedUids  # noqa: E402
+from tests.support import brain_mr  # noqa: E402
+from tests.support.ct_series import SeriesOptions, write_ct_series  # noqa: E402
+from tests.support.peers import DCMTK_ENV, Storescp, require  # noqa: E402
+from tests.support.phantom import make_chest_phantom  # noqa: E402
+
+
+class TimedModel:
+    """The loaded model, with the time spent inside its calls added up."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.seconds = 0.0
+        self.manifest = model.manifest
+
+    def run(self, batch: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.model.run(batch)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def __call__(self, **inputs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.model(**inputs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def one_run(
+    pipeline: Any, model: TimedModel, paths: list[Path], out: Path, archive: Storescp
+) -> dict[str, float]:
+    model.seconds = 0.0
+    started = time.perf_counter()
+    uids = DerivedUids([p.stem for p in paths], pipeline.spec.name, pipeline.spec.version)
+    result = run_series(pipeline, model, paths, uids)
+    written = time.perf_counter()
+    files = []
+    for n, ds in enumerate(result.datasets):
+        files.append(out / f"result-{n}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    sent = time.perf_counter()
+    storescu = [require("storescu"), "-aec", archive.aet, "127.0.0.1", str(archive.port)]
+    subprocess.run([*storescu, *map(str, files)], check=True, env=DCMTK_ENV)
+    done = time.perf_counter()
+    return {
+        "load": result.timings["load"],
+        "pre/post": result.timings["infer"] - model.seconds,
+        "model": model.seconds,
+        "encode": result.timings["encode"],
+        "write": sent - written,
+        "send": done - sent,
+        "total": done - started,
+    }
+
+
+def bench(
+    name: str, paths: list[Path], runs: int, slices: int, out: Path, archive: Storescp
+) -> None:
+    pipeline = discover().get(name)
+    started = time.perf_counter()
+    model = TimedModel(pipeline.load_model())
+    loaded = time.perf_counter() - started
+    first = one_run(pipeline, model, paths, out, archive)
+    warm = [one_run(pipeline, model, paths, out, archive) for _ in range(runs)]
+    median = {key: statistics.median(r[key] for r in warm) for key in warm[0]}
+    outside = (median["total"] - median["model"]) / median["total"]
+    print(f"\n## {name}: {slices} slices, {runs} warm runs (median seconds)")
+    print(f"first call: model load {loaded:.2f} s, first run {first['total']:.2f} s "
+          f"(model call incl. tracing {first['model']:.2f} s)")  # fmt: skip
+    print("| stage | seconds |\n|---|---|")
+    for key, value in median.items():
+        print(f"| {key} | {value:.2f} |")
+    print(f"model slices/s: {slices / median['model']:.1f}; "
+          f"end-to-end slices/s: {slices / median['total']:.1f}")  # fmt: skip
+    print(f"outside the model: {100 * outside:.1f} % of the run (target < 30 %); "
+          f"run / model call = {median['total'] / median['model']:.2f}")  # fmt: skip
+    tracing = getattr(model.model, "tracing_count", None)
+    if tracing is not None and name != "lung-ct":
+        print(f"traced {tracing} time(s) over {runs + 1} runs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--slices", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        root = Path(tmp)
+        archive = Storescp(root / "archive").start()
+        try:
+            brain = brain_mr.write_brain_series(root / "brain")
+            bench("brain-t1", brain.paths, args.runs, len(brain.paths), root, archive)
+            phantom = make_chest_phantom((args.slices, 512, 512), (1.0, 0.7, 0.7), seed=3)
+            ct = write_ct_series(root / "ct", phantom.hu, SeriesOptions(spacing=phantom.spacing))
+            del phantom
+            bench("lung-ct", ct.paths, args.runs, args.slices, root, archive)
+        finally:
+            archive.stop()
+
+
+if __name__ == "__main__":
+    main()
