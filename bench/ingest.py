@@ -68,13 +68,15 @@ def jpeg_ls(paths: list[Path], folder: Path) -> list[Path]:
     return out
 
 
-def push(port: int, called: str, paths: list[Path], associations: int) -> float:
+def push(
+    port: int, called: str, paths: list[Path], associations: int, propose: tuple[str, ...] = ()
+) -> float:
     """Seconds for ``associations`` concurrent storescu to send ``paths`` between them."""
     chunks = [paths[i::associations] for i in range(associations)]
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["storescu", "-aet", f"BENCH{i}", "-aec", called, "127.0.0.1", str(port),
+            ["storescu", *propose, "-aet", f"BENCH{i}", "-aec", called, "127.0.0.1", str(port),
              *map(str, chunk)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -112,13 +114,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
         paths = make_files(work / "ct", args.instances)
-        sets = {"uncompressed": paths}
-        if args.jpeg_ls:
-            sets["JPEG-LS lossless"] = jpeg_ls(paths, work / "jls")
+        sets: dict[str, tuple[list[Path], tuple[str, ...]]] = {"uncompressed": (paths, ())}
+        if args.jpeg_ls:  # -xt: storescu proposes JPEG-LS lossless, so sends the files as they are
+            sets["JPEG-LS lossless"] = (jpeg_ls(paths, work / "jls"), ("-xt",))
         (work / "storescp").mkdir()
         scp_port = free_port()
         scp = subprocess.Popen(
-            ["storescp", "+B", "-aet", "STORESCP", "-od", str(work / "storescp"), str(scp_port)],
+            # +B bit-preserving; +xa accepts JPEG-LS too (the uncompressed runs are unchanged)
+            ["storescp", "+B", "+xa", "-aet", "STORESCP", "-od", str(work / "storescp"),
+             str(scp_port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_for(lambda: port_open(scp_port), 30, "storescp to listen")
@@ -135,12 +139,12 @@ def main() -> int:
             print(f"{args.instances} CT instances 512x512 16-bit; node receive.processes="
                   f"{args.processes}")  # fmt: skip
             print(f"{'input':<18} {'assocs':>6} {'storescp/s':>11} {'node/s':>8} {'ratio':>6}")
-            for name, files in sets.items():
+            for name, (files, propose) in sets.items():
                 for assocs in (1, 4):
-                    ref = push(scp_port, "STORESCP", files, assocs)
+                    ref = push(scp_port, "STORESCP", files, assocs, propose)
                     shutil.rmtree(work / "storescp", ignore_errors=True)
                     (work / "storescp").mkdir()
-                    got = push(node.port, "DICOM-NODE", files, assocs)
+                    got = push(node.port, "DICOM-NODE", files, assocs, propose)
                     rate_ref, rate = len(files) / ref, len(files) / got
                     print(f"{name:<18} {assocs:>6} {rate_ref:>11.0f} {rate:>8.0f}"
                           f" {rate / rate_ref:>6.2f}", flush=True)  # fmt: skip

@@ -93,7 +93,9 @@ def _text(value: Any) -> str | None:
 
 
 def _vr(tag: int, raw: RawDataElement) -> str | None:
-    if raw.VR is not None:
+    """The element's VR; for implicit VR, and for UN (which some archives write
+    for attributes they do not know), the dictionary's, when the tag is known."""
+    if raw.VR is not None and raw.VR != "UN":
         return str(raw.VR)
     if tag not in _VR_CACHE:
         try:

@@ -42,7 +42,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node.facts import instance_facts
 from dicom_node.header import BadInstance, read_header
@@ -328,6 +328,31 @@ def _peer(event: Any) -> dict[str, str]:
         return {}
 
 
+class _BoundedSocket(AssociationSocket):
+    """pynetdicom reads a whole PDU into memory, whatever length the peer declares
+    (up to 4 GiB), even past the maximum we advertised: refuse such a PDU before
+    reading it. The DUL then closes the connection; a partial data set is removed."""
+
+    max_read = 2**20
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > self.max_read:
+            raise OSError(f"a PDU of {nr_bytes} bytes is over the limit of {self.max_read}")
+        return super().recv(nr_bytes)
+
+
+def _bounded_handler(limit: int) -> type[RequestHandler]:
+    class Handler(RequestHandler):
+        def _create_association(self) -> Any:
+            assoc = super()._create_association()
+            sock = assoc.dul.socket
+            sock.__class__ = _BoundedSocket  # only recv differs
+            sock.max_read = limit  # type: ignore[union-attr]
+            return assoc
+
+    return Handler
+
+
 class _ReusePortServer(ThreadedAssociationServer):
     """Binds with SO_REUSEPORT so several receiving processes share one port."""
 
@@ -404,8 +429,12 @@ def start_server(
     # SO_REUSEPORT only when this node runs several receiving processes: otherwise a
     # second node started on the same port by mistake fails with "in use".
     server_class = _ReusePortServer if receive.processes > 1 else ThreadedAssociationServer
+    # Largest PDU we read: what we advertise (0: unlimited, so the instance limit), and
+    # never under 1 MiB + 64 KiB (an A-ASSOCIATE-RQ proposing every SOP class is big).
+    limit = max(receive.max_pdu_bytes or receiver.max_instance, 2**20) + 2**16
     server = ae.make_server(address, evt_handlers=receiver.handlers(), server_class=server_class,
-                            ssl_context=ssl_context)  # fmt: skip
+                            ssl_context=ssl_context,
+                            request_handler=_bounded_handler(limit))  # fmt: skip
     ae._servers.append(server)  # as AE.start_server does, so server.shutdown() finds it
     thread = threading.Thread(target=server.serve_forever, name="scp", daemon=True)
     thread.start()

@@ -251,3 +251,10 @@ def test_several_receiving_processes_share_the_port_and_one_index(tmp_path):
     finally:
         assert proc.stop() == 0, proc.log()
     assert not [p for p in incoming.rglob("*") if p.is_file() and "slots" not in p.parts]
+
+
+def test_a_pdu_far_over_the_advertised_size_closes_the_connection_unread(node, tmp_path):
+    path = write_raw(tmp_path / "x.dcm", encode(ct_dataset("1.2.3.9.6")), "1.2.3.9.6")
+    result = raw_store(node.port, path, "--huge-pdu")
+    assert result.stdout.strip().endswith("closed"), result.stdout + result.stderr
+    assert echoscu(node.port).returncode == 0

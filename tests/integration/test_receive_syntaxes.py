@@ -3,6 +3,8 @@ Orthanc that never transcodes, stored by the node exactly as received."""
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pydicom
 import pytest
@@ -86,3 +88,33 @@ def test_orthanc_that_never_transcodes_pushes_jpeg_ls_and_j2k(node, tmp_path):
         assert np.array_equal(
             pydicom.dcmread(kept[sop]).pixel_array, pydicom.dcmread(sent).pixel_array
         )
+
+
+def test_results_go_out_in_the_transfer_syntax_the_archive_accepted(tmp_path):
+    """An archive that takes implicit VR little endian only gets the (explicit VR)
+    result file converted to it, not refused and not sent in a syntax it refused."""
+    from dicom_node import scu
+    from dicom_node.settings import Destination
+    from tests.support.peers import DCMTK_ENV, free_port, port_open, require
+    from tests.support.wait import wait_for
+
+    series = write_ct_series(tmp_path / "src", np.zeros((1, 8, 8), np.int16), SeriesOptions())
+    port = free_port()
+    archive = subprocess.Popen(
+        [require("storescp"), "+xi", "-aet", "ARCHIVE", "-od", str(tmp_path / "out"), str(port)],
+        env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    (tmp_path / "out").mkdir()
+    try:
+        wait_for(lambda: port_open(port), 30, "storescp to listen")
+        dest = Destination(ae_title="ARCHIVE", host="127.0.0.1", port=port)
+        conn = scu.connect(dest, "DICOM-NODE", ["1.2.840.10008.5.1.4.1.1.2"])
+        try:
+            assert conn.store(series.paths[0]).status == 0
+        finally:
+            conn.close()
+    finally:
+        archive.terminate()
+        archive.wait()
+    [kept] = list((tmp_path / "out").iterdir())
+    assert str(pydicom.dcmread(kept).file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import struct
 import sys
 from pathlib import Path
 
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calling", default="RAWSCU")
     p.add_argument("--called", default="DICOM-NODE")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--huge-pdu", action="store_true",
+                   help="after associating, announce a 2 GiB P-DATA-TF PDU and wait for the"
+                   " peer to close the connection; prints 'closed' or 'open'")  # fmt: skip
     args = p.parse_args(argv)
     # Send the file's data set bytes as they are, without decoding them.
     _config.STORE_SEND_CHUNKED_DATASET = True
@@ -62,6 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     if not assoc.is_established:
         print("association failed", flush=True)
         return 2
+    if args.huge_pdu:
+        sock = assoc.dul.socket.socket  # type: ignore[union-attr]
+        assoc.dul.socket.select_timeout = 30  # type: ignore[union-attr]
+        sock.sendall(struct.pack(">BBL", 0x04, 0, 2**31) + b"\0" * 1000)
+        sock.settimeout(30)
+        try:
+            data = sock.recv(1)
+        except TimeoutError:
+            data = b"still open"
+        except OSError:  # reset by the peer
+            data = b""
+        print("open" if data else "closed", flush=True)
+        os._exit(0)
     for _ in range(args.repeat):
         status = assoc.send_c_store(args.file)
         code = status.get("Status") if status else None

@@ -325,3 +325,11 @@ def test_facts_read_from_raw_bytes_equal_facts_from_decoded_values():
     fast = header.instance_facts(raw)
     assert fast == header.instance_facts(decoded)
     assert fast["00080060"] == ["CT"] and fast["00280010"] == ["128"]
+
+
+def test_attributes_an_archive_sent_as_un_are_read_with_their_dictionary_vr():
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    found = header.instance_facts(dcmread(get_testdata_file("explicit_VR-UN.dcm")))
+    assert found["00080060"] == ["CT"] and found["00180015"] == ["PANCREAS"]
