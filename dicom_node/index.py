@@ -43,6 +43,7 @@ class StudyState:
     revision: int
     routed_revision: int
     last_received: float
+    pending_since: float | None = None  # the first instance not yet routed arrived
 
 
 @dataclass(frozen=True)
@@ -144,10 +145,11 @@ class Index:
 
     def _count(self, conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
         conn.execute(
-            "INSERT INTO studies (study_uid, revision, first_received, last_received)"
-            " VALUES (?, 1, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
-            " revision = revision + 1, last_received = excluded.last_received",
-            (rec.study_uid, now, now),
+            "INSERT INTO studies (study_uid, revision, first_received, last_received,"
+            " pending_since) VALUES (?, 1, ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
+            " revision = revision + 1, last_received = excluded.last_received,"
+            " pending_since = COALESCE(studies.pending_since, excluded.last_received)",
+            (rec.study_uid, now, now, now),
         )
         conn.execute(
             "INSERT INTO series (series_uid, study_uid, modality, body_part, description,"
@@ -217,16 +219,17 @@ class Index:
 
     def studies_to_route(self) -> list[StudyState]:
         rows = self.db.query(
-            "SELECT study_uid, revision, routed_revision, last_received FROM studies"
-            " WHERE revision > routed_revision"
+            "SELECT study_uid, revision, routed_revision, last_received, pending_since"
+            " FROM studies WHERE revision > routed_revision"
         )
         return [StudyState(**dict(r)) for r in rows]
 
     def mark_routed(self, study_uid: str, revision: int) -> None:
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE studies SET routed_revision = ? WHERE study_uid = ?",
-                (revision, study_uid),
+                "UPDATE studies SET routed_revision = ?, pending_since = CASE WHEN revision = ?"
+                " THEN NULL ELSE pending_since END WHERE study_uid = ?",
+                (revision, revision, study_uid),
             )
 
     def series_of(self, study_uid: str, keys: Sequence[str] | None = None) -> list[SeriesSummary]:
@@ -259,8 +262,8 @@ class Index:
 
     def study(self, study_uid: str) -> StudyState | None:
         rows = self.db.query(
-            "SELECT study_uid, revision, routed_revision, last_received FROM studies"
-            " WHERE study_uid = ?",
+            "SELECT study_uid, revision, routed_revision, last_received, pending_since"
+            " FROM studies WHERE study_uid = ?",
             (study_uid,),
         )
         return StudyState(**dict(rows[0])) if rows else None

@@ -56,15 +56,17 @@ class Router:
         return created
 
     def _may_be_ready(self, study: StudyState, now: float) -> bool:
-        """A cheap pre-check: with only quiet triggers, nothing is ready before the
-        shortest quiet period has passed since the study's last instance."""
+        """A cheap pre-check: with only per-study quiet triggers, nothing is ready
+        before the shortest quiet period has passed since the study's last instance."""
         rules = [r for r in self.settings.rules if r.enabled]
-        if not rules or any(r.trigger.wait_for != "quiet" for r in rules):
+        if not rules or any(r.trigger.wait_for != "quiet" or r.trigger.per != "study"
+                            for r in rules):  # fmt: skip
             return True
         default = self.settings.node.stable_after_seconds
         shortest = min(default if r.trigger.quiet_seconds is None else r.trigger.quiet_seconds
                        for r in rules)  # fmt: skip
-        return now - study.last_received >= shortest
+        forced = (study.pending_since or 0.0) + min(r.trigger.timeout_seconds for r in rules)
+        return now - study.last_received >= shortest or now >= forced
 
     def _route_study(self, study: StudyState, now: float) -> int:
         series = self.index.series_of(study.study_uid, routing.needed_keys(self.settings.rules))
@@ -74,6 +76,7 @@ class Router:
             now,
             self.settings.routing.apply,
             self.settings.node.stable_after_seconds,
+            study.pending_since,
         )
         created, waiting = 0, 0
         for plan in plans:

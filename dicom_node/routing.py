@@ -182,23 +182,29 @@ def plan_study(
     now: float,
     apply: str = "all",
     default_quiet: float = 30.0,
+    pending_since: float | None = None,
 ) -> list[SeriesPlan]:
-    """Match every series of a study and decide each matched rule's readiness."""
+    """Match every series of a study and decide each matched rule's readiness.
+    ``pending_since``: when the study's first instance not yet routed arrived (a
+    late instance restarts the forced-completion timeout from there)."""
     when = datetime.fromtimestamp(now)
     plans = []
     for series in study:
         plan = match(series, study, rules, when, apply)
         plan.applied = [
-            _with_readiness(a.rule, series, study, now, default_quiet, when) for a in plan.applied
+            _with_readiness(a.rule, series, study, now, default_quiet, when, pending_since)
+            for a in plan.applied
         ]
         plans.append(plan)
     return plans
 
 
 def _with_readiness(rule: Rule, series: SeriesSummary, study: Sequence[SeriesSummary],
-                    now: float, default_quiet: float, when: datetime) -> Applied:  # fmt: skip
+                    now: float, default_quiet: float, when: datetime,
+                    pending_since: float | None) -> Applied:  # fmt: skip
     unit = [series] if rule.trigger.per == "series" else list(study)
-    waiting, forced_at = readiness(rule.trigger, unit, study, now, default_quiet, when)
+    waiting, forced_at = readiness(rule.trigger, unit, study, now, default_quiet, when,
+                                   pending_since)  # fmt: skip
     return Applied(rule, ready=waiting is None, waiting=waiting or "", forced_at=forced_at)
 
 
@@ -209,9 +215,11 @@ def readiness(
     now: float,
     default_quiet: float,
     when: datetime | None = None,
+    pending_since: float | None = None,
 ) -> tuple[str | None, float]:
-    """(None if complete else what it waits for, forced-completion time)."""
-    first = min(s.first_received for s in unit)
+    """(None if complete else what it waits for, forced-completion time). The
+    timeout runs from the unit's first instance not yet routed."""
+    first = max(min(s.first_received for s in unit), pending_since or 0.0)
     last = max(s.last_received for s in unit)
     forced_at = first + trigger.timeout_seconds
     what = "series" if trigger.per == "series" else "study"

@@ -91,7 +91,7 @@ CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox(state, next_attempt_at);
 
 # Columns added after the first release: (table, column, definition). Applied at
 # open by ``_migrate`` when missing; ``PRAGMA user_version`` records the schema.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 ADDED_COLUMNS = (
     ("jobs", "ticket", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "beat", "TEXT NOT NULL DEFAULT ''"),
@@ -107,6 +107,8 @@ ADDED_COLUMNS = (
     ("jobs", "parameters", "TEXT NOT NULL DEFAULT '{}'"),
     # 4: the facts' revision, so a receiver re-reads them only when another changed them
     ("series", "facts_rev", "INTEGER NOT NULL DEFAULT 0"),
+    # 5: when the instances not yet routed started arriving (forced-completion timeouts)
+    ("studies", "pending_since", "REAL"),
 )
 
 

@@ -128,3 +128,34 @@ def test_facts_merged_at_receive_mark_gaps(tmp_path):
     [series] = d.index.series_of(STUDY)
     assert series.facts["00180010"] == ["IOMEPROL"]
     assert series.facts[header.PARTIAL] == ["00180010"]
+
+
+def test_a_late_instance_waits_for_a_new_quiet_period_not_the_old_timeout(tmp_path):
+    d, _ = node(tmp_path, [{"name": "r", "when": CT_RULE, "pipeline": "lung-ct",
+                            "trigger": {"quiet_seconds": 10, "timeout_seconds": 100}}])  # fmt: skip
+    receive(d, "1.2.3", range(3), now=0.0)
+    d.tick(now=11.0)
+    receive(d, "1.2.3", range(3, 4), now=500.0)
+    d.tick(now=501.0)
+    assert len(d.jobs.active()) == 1, "waits: the timeout runs from the late instance"
+    d.tick(now=511.0)
+    assert sorted(len(j.inputs) for j in d.jobs.active()) == [3, 4]
+
+
+def test_a_study_that_never_goes_quiet_is_forced_at_its_timeout(tmp_path):
+    d, _ = node(tmp_path, [{"name": "r", "when": CT_RULE, "pipeline": "lung-ct",
+                            "trigger": {"quiet_seconds": 10, "timeout_seconds": 30}}])  # fmt: skip
+    for t in range(0, 40, 5):
+        receive(d, "1.2.3", range(t, t + 1), now=float(t))
+        d.tick(now=float(t) + 1)
+    assert [len(j.inputs) for j in d.jobs.active()] == [7], "forced at 30 s, 7 instances"
+
+
+def test_a_per_series_rule_acts_while_the_study_still_arrives(tmp_path):
+    d, _ = node(tmp_path, [{"name": "r", "when": CT_RULE, "pipeline": "lung-ct",
+                            "trigger": {"per": "series", "quiet_seconds": 5}}])  # fmt: skip
+    receive(d, "1.2.3", range(3), now=0.0)
+    for t in range(0, 12, 2):
+        receive(d, "1.2.4", range(t, t + 1), now=float(t))
+    d.tick(now=11.0)
+    assert [j.series_uid for j in d.jobs.active()] == ["1.2.3"]
