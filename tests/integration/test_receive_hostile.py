@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pynetdicom import AE
 
 from dicom_node.header import meta_end
@@ -47,9 +49,9 @@ def node(tmp_path_factory):
     assert proc.stop() == 0, proc.log()
 
 
-def raw_store(port: int, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def raw_store(port: int, path: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tests.support.raw_scu", str(port), str(path), *args],
+        [sys.executable, "-m", "tests.support.raw_scu", str(port), str(path), *map(str, args)],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip
 
@@ -257,4 +259,40 @@ def test_a_pdu_far_over_the_advertised_size_closes_the_connection_unread(node, t
     path = write_raw(tmp_path / "x.dcm", encode(ct_dataset("1.2.3.9.6")), "1.2.3.9.6")
     result = raw_store(node.port, path, "--huge-pdu")
     assert result.stdout.strip().endswith("closed"), result.stdout + result.stderr
+    assert echoscu(node.port).returncode == 0
+
+
+@settings(max_examples=2, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    mutations=st.lists(
+        st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=8)),
+                 min_size=1, max_size=3),
+        min_size=25, max_size=25,
+    )
+)  # fmt: skip
+def test_fuzzed_data_sets_over_the_network_get_a_status_and_never_a_partial_file(
+    node, tmp_path_factory, mutations
+):
+    """Property: whatever the bytes, every C-STORE is answered with Success or a
+    failure status, an instance answered Success is indexed and on disk, nothing is
+    left half-written, and the node keeps serving."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    files, uids = [], []
+    for n, changes in enumerate(mutations):
+        uid = f"1.2.3.9.7.{n}.{abs(hash(str(changes))) % 10**9}"
+        data = bytearray(encode(ct_dataset(uid, rows=32)))
+        for at, junk in changes:
+            at = at % len(data)
+            data[at : at + len(junk)] = junk
+        files.append(write_raw(folder / f"{n}.dcm", bytes(data), uid))
+        uids.append(uid)
+    result = raw_store(node.port, *files)
+    statuses = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("status")]
+    assert len(statuses) == len(files), result.stdout + result.stderr
+    allowed = {"0x0000", "0xA700", "0xA900", "0xC210", "0xC211", "0x0122"}
+    assert set(statuses) <= allowed, statuses
+    for uid, status in zip(uids, statuses, strict=True):
+        if status == "0x0000":
+            assert indexed(node, uid) == 1
+    wait_for(lambda: not leftovers(node), 10, "no partial file")
     assert echoscu(node.port).returncode == 0

@@ -5,7 +5,7 @@ the bytes untouched (truncated, lying lengths, File Meta inside the data set, a
 deflate bomb). Runs as its own process, since it sets pynetdicom's chunked-send
 option (a module global) in its entry point:
 
-    python -m tests.support.raw_scu PORT FILE [--cut-after BYTES] [--calling AE]
+    python -m tests.support.raw_scu PORT FILE... [--cut-after BYTES] [--calling AE]
         [--repeat N]
 
 The presentation context is the file's SOP class and transfer syntax (its meta).
@@ -30,7 +30,7 @@ from pynetdicom import AE, _config, evt
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("port", type=int)
-    p.add_argument("file", type=Path)
+    p.add_argument("files", type=Path, nargs="+", help="sent in order, one association")
     p.add_argument("--cut-after", type=int, default=0)
     p.add_argument("--calling", default="RAWSCU")
     p.add_argument("--called", default="DICOM-NODE")
@@ -41,11 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # Send the file's data set bytes as they are, without decoding them.
     _config.STORE_SEND_CHUNKED_DATASET = True
-    meta = read_file_meta_info(args.file)
-    syntax = str(meta.TransferSyntaxUID)
-    sop_class = str(meta.MediaStorageSOPClassUID)
     ae = AE(ae_title=args.calling)
-    ae.add_requested_context(sop_class, [syntax])
+    contexts = set()
+    for path in args.files:
+        meta = read_file_meta_info(path)
+        contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+    for sop_class, syntax in sorted(contexts):
+        ae.add_requested_context(sop_class, [syntax])
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     sent = [0]
 
@@ -79,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             data = b""
         print("open" if data else "closed", flush=True)
         os._exit(0)
-    for _ in range(args.repeat):
-        status = assoc.send_c_store(args.file)
+    for path in [f for _ in range(args.repeat) for f in args.files]:
+        status = assoc.send_c_store(path)
         code = status.get("Status") if status else None
         print("status none" if code is None else f"status 0x{int(code):04X}", flush=True)
     assoc.release()
