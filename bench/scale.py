@@ -7,8 +7,9 @@ All parts run a real node in Redis mode (its own redis-server), real
 small chest CT studies (24 slices of 192x192) sent by ``storescu``.
 
 - throughput: N studies queued at once, run by 1 worker process (TensorFlow with
-  2 intra-op threads) and by 2 worker processes (1 thread each); studies per
-  minute from the first job's creation to the last result at the archive.
+  2 intra-op threads, ``workers.intra_op_threads``) and by 2 worker processes (1
+  thread each), after warm-up studies that load every process's model; studies
+  per minute from the first job's creation to the last result at the archive.
 - latency: enqueue → start of a job (from the job table) for an urgent and a
   normal study on an idle worker, and for an urgent study sent behind a backlog
   of N normal ones.
@@ -74,9 +75,8 @@ class Site:
         self.count = 0
 
     def start(self, workers: int, threads: int) -> Site:
+        self.node.config["workers"] = {"intra_op_threads": threads, "inter_op_threads": 1}
         self.node.start()
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
-        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
         for n in range(workers):
             worker = NodeProcess(self.tmp / "node", self.node.config, command="worker",
                                  port=self.node.port, log_name=f"worker-{n}.log")  # fmt: skip
@@ -123,13 +123,14 @@ def throughput(studies: int) -> None:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
             site = Site(Path(name)).start(workers, threads)
             try:
-                site.send(site.series("warm-up"))
-                site.wait_done(1)
+                warm = 2 * workers  # every worker process loads its model before the batch
+                site.send([p for _ in range(warm) for p in site.series("warm-up")])
+                site.wait_done(warm)
                 paths = [p for _ in range(studies) for p in site.series("research")]
                 site.send(paths)
-                jobs = site.wait_done(studies + 1)
+                jobs = site.wait_done(studies + warm)
                 stored = time.time()
-                batch = [j for j in jobs if j["id"] > 1]
+                batch = [j for j in jobs if j["id"] > warm]
                 makespan = stored - min(j["created_at"] for j in batch)
                 rate = studies / makespan * 60
                 print(f"{workers} worker process(es), {threads} TF intra-op thread(s) each:"
@@ -151,11 +152,12 @@ def latency(studies: int) -> None:
                 print(f"{label:12s}: {job['started_at'] - job['enqueued_at']:5.2f} s")
             site.send([p for _ in range(studies) for p in site.series("normal backlog")])
 
-            def backlog() -> bool:
-                queued = [j for j in site.jobs() if j["state"] == "queued" and j["enqueued_at"]]
-                return len(queued) >= studies - 2
+            def backlog() -> bool:  # every backlog job made, and a good part still waiting
+                jobs = [j for j in site.jobs() if j["id"] > 3]
+                waiting = [j for j in jobs if j["state"] == "queued" and j["enqueued_at"]]
+                return len(jobs) >= studies and len(waiting) >= min(5, studies // 2)
 
-            wait_for(backlog, 60, "the backlog to be queued")
+            wait_for(backlog, 120, "the backlog to be queued", poll=0.05)
             site.send(site.series("URGENT behind backlog"))
             jobs = site.wait_done(3 + studies + 1)
             urgent = max(jobs, key=lambda j: j["id"])

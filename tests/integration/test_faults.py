@@ -129,13 +129,16 @@ class Site:
             if job is None or job["state"] != "running":
                 return None
             folder = self.node.folder / "var/work" / str(job["id"]) / "claims"
-            claims = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
+            try:
+                claims = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
+            except FileNotFoundError:  # the job ended between the status and the look
+                return None
             if not claims:
                 return None
             found = re.fullmatch(r"t[0-9]+\.(.*)-([0-9]+)\.[0-9]+", claims[-1].name)
             return int(found.group(2)) if found else None
 
-        return wait_for(claim, 60, f"a worker to run study {study_uid}", poll=0.2)
+        return wait_for(claim, 120, f"a worker to run study {study_uid}", poll=0.2)
 
     def logs(self) -> str:
         return self.node.log() + "".join(w.log() for w in self.workers)
