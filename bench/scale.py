@@ -146,22 +146,28 @@ def latency(studies: int) -> None:
         try:
             site.send(site.series("warm-up"))
             site.wait_done(1)
-            for n, label in ((2, "URGENT idle"), (3, "normal idle")):
+            for label in ("URGENT idle", "normal idle"):
+                last = max(j["id"] for j in site.jobs())
                 site.send(site.series(label))
-                job = next(j for j in site.wait_done(n) if j["id"] == n)
+
+                def done(after: int = last) -> list[dict[str, Any]]:
+                    return [j for j in site.jobs() if j["id"] > after and j["state"] == "done"]
+
+                job = wait_for(done, 120, label)[0]
                 print(f"{label:12s}: {job['started_at'] - job['enqueued_at']:5.2f} s")
+            first = max(j["id"] for j in site.jobs())
             site.send([p for _ in range(studies) for p in site.series("normal backlog")])
 
             def backlog() -> bool:  # every backlog job made, and a good part still waiting
-                jobs = [j for j in site.jobs() if j["id"] > 3]
+                jobs = [j for j in site.jobs() if j["id"] > first]
                 waiting = [j for j in jobs if j["state"] == "queued" and j["enqueued_at"]]
                 return len(jobs) >= studies and len(waiting) >= min(5, studies // 2)
 
             wait_for(backlog, 120, "the backlog to be queued", poll=0.05)
             site.send(site.series("URGENT behind backlog"))
-            jobs = site.wait_done(3 + studies + 1)
+            jobs = site.wait_done(first + studies + 1)
             urgent = max(jobs, key=lambda j: j["id"])
-            normal = [j for j in jobs if 3 < j["id"] < urgent["id"]]
+            normal = [j for j in jobs if first < j["id"] < urgent["id"]]
             waits = sorted(j["started_at"] - j["enqueued_at"] for j in normal)
             ahead = sum(j["started_at"] > urgent["started_at"] for j in normal)
             print(f"urgent behind backlog: {urgent['started_at'] - urgent['enqueued_at']:5.2f} s"
