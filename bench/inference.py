@@ -10,8 +10,8 @@ on a 512 x 512 chest CT phantom of ``--slices`` slices, in this process:
   which traces its function, printed apart;
 - then ``--runs`` warm runs, each timed end to end: read the files and build
   the volume ("load"), pre- and post-processing around the model, the model
-  call itself, encoding SEG + SR, writing them, and sending them with dcmtk
-  ``storescu`` to a dcmtk ``storescp`` on loopback;
+  call itself, encoding SEG + SR, writing them, and sending them with the
+  node's own C-STORE sender (``dicom_node.scu``) to dcmtk ``storescp`` on loopback;
 - slices/s of the model call alone and of the whole run, and the share of the
   run spent outside the model call (target: under 30 %).
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,12 +32,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dicom_node.scu import connect, sop_class_of  # noqa: E402
+from dicom_node.settings import Destination  # noqa: E402
 from pipelines.registry import discover  # noqa: E402
 from pipelines.runner import run_series  # noqa: E402
 from pipelines.uids import DerivedUids  # noqa: E402
 from tests.support import brain_mr  # noqa: E402
 from tests.support.ct_series import SeriesOptions, write_ct_series  # noqa: E402
-from tests.support.peers import DCMTK_ENV, Storescp, require  # noqa: E402
+from tests.support.peers import Storescp  # noqa: E402
 from tests.support.phantom import make_chest_phantom  # noqa: E402
 
 
@@ -78,8 +79,13 @@ def one_run(
         files.append(out / f"result-{n}.dcm")
         ds.save_as(files[-1], enforce_file_format=True)
     sent = time.perf_counter()
-    storescu = [require("storescu"), "-aec", archive.aet, "127.0.0.1", str(archive.port)]
-    subprocess.run([*storescu, *map(str, files)], check=True, env=DCMTK_ENV)
+    destination = Destination(ae_title=archive.aet, host="127.0.0.1", port=archive.port)
+    connection = connect(destination, "DICOM-NODE", [sop_class_of(f) for f in files])
+    try:
+        statuses = [connection.store(f).status for f in files]
+    finally:
+        connection.close()
+    assert statuses == [0] * len(files), statuses
     done = time.perf_counter()
     return {
         "load": result.timings["load"],
@@ -123,6 +129,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--slices", type=int, default=300)
     args = parser.parse_args()
+    started = time.perf_counter()
+    import tensorflow  # noqa: F401  - its import is a cost of the first model of a process
+
+    print(f"import tensorflow: {time.perf_counter() - started:.2f} s (once per worker process)")
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         root = Path(tmp)
         archive = Storescp(root / "archive").start()

@@ -30,7 +30,7 @@ from pydicom.errors import InvalidDicomError
 from dicom_node import facts as header
 from dicom_node.index import SeriesSummary
 from dicom_node.routing import SeriesPlan, match
-from dicom_node.settings import Settings
+from dicom_node.settings import Rule, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +77,26 @@ def _first(facts: header.SeriesFacts, key: str) -> str:
     return values[0] if values else ""
 
 
-def record(plan: SeriesPlan) -> dict[str, Any]:
+def _entries(rule: Rule) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    runs = [{"rule": rule.name, "pipeline": run.pipeline, "queue": run.queue, "lane": run.lane,
+             "priority": run.priority} for run in rule.runs]  # fmt: skip
+    forward = [{"rule": rule.name, "destinations": list(rule.forward)}] if rule.forward else []
+    return runs, forward
+
+
+def record(plan: SeriesPlan, cache: dict[int, tuple[Rule, Any]] | None = None) -> dict[str, Any]:
+    """One series' result; ``cache`` keeps each rule's entries across series."""
     s = plan.series
-    matched, forward = [], []
+    cache = {} if cache is None else cache
+    matched: list[dict[str, Any]] = []
+    forward: list[dict[str, Any]] = []
     for applied in plan.applied:
         rule = applied.rule
-        for run in rule.runs:
-            matched.append({"rule": rule.name, "pipeline": run.pipeline, "queue": run.queue,
-                            "lane": run.lane, "priority": run.priority})  # fmt: skip
-        if rule.forward:
-            forward.append({"rule": rule.name, "destinations": list(rule.forward)})
+        hit = cache.get(id(rule))
+        if hit is None or hit[0] is not rule:
+            hit = cache[id(rule)] = (rule, _entries(rule))
+        matched += hit[1][0]
+        forward += hit[1][1]
     return {
         "study_uid": s.study_uid,
         "series_uid": s.series_uid,
@@ -136,8 +146,9 @@ def report(
 ) -> int:
     """Write one result per series; returns the number of series."""
     n = 0
+    cache: dict[int, tuple[Rule, Any]] = {}
     for plan in plans(studies, settings, when or datetime.now()):
-        rec = record(plan)
+        rec = record(plan, cache)
         if as_json:
             out.write(json.dumps(rec) + "\n")
         else:

@@ -146,6 +146,7 @@ class Rule(_Model):
     discard: bool = False
     trigger: Trigger = Trigger()
     _condition: AllCondition = PrivateAttr(default_factory=lambda: AllCondition(all=[]))
+    _runs: list[Run] = PrivateAttr(default_factory=list)
 
     @field_validator("match", mode="before")
     @classmethod
@@ -154,6 +155,8 @@ class Rule(_Model):
 
     @model_validator(mode="after")
     def _actions(self) -> Rule:
+        first = [Run(pipeline=self.pipeline)] if self.pipeline is not None else []
+        self._runs = first + list(self.run)
         if self.pipeline is not None and any(r.pipeline == self.pipeline for r in self.run):
             raise ValueError(f"pipeline {self.pipeline!r} is given twice (pipeline and run)")
         if self.discard and (self.runs or self.forward):
@@ -170,8 +173,8 @@ class Rule(_Model):
 
     @property
     def runs(self) -> list[Run]:
-        first = [Run(pipeline=self.pipeline)] if self.pipeline is not None else []
-        return first + list(self.run)
+        """``pipeline`` (with the defaults) first, then ``run``."""
+        return self._runs
 
     @property
     def condition(self) -> AllCondition:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from pipelines.manifest import Intensity
 
@@ -60,24 +59,32 @@ class Reorientation:
 
 def resize(array: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
     """``array`` (3-D, or 3-D plus a trailing channel axis) resampled to ``shape``
-    on its first three axes; ``order`` 0 nearest, 1 linear. Corners align."""
-    if tuple(array.shape[:3]) == tuple(shape):
-        return array
-    if array.ndim == 4:
-        return np.stack(
-            [resize(array[..., c], shape, order) for c in range(array.shape[3])], axis=-1
-        )
-    factors = [t / s for t, s in zip(shape, array.shape, strict=True)]
-    out = ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=False)
-    if out.shape != tuple(shape):  # rounding in zoom: crop or pad the last voxel
-        out = _fit(out, tuple(shape))
+    on its first three axes; ``order`` 0 nearest, 1 linear. Corners align (the
+    first and last voxel centres of each axis stay where they are).
+
+    Separable: one pass per axis, each a gather and a weighted sum (several times
+    faster than ``scipy.ndimage.zoom`` on a 128-cube)."""
+    out = array
+    for axis, size in enumerate(shape):
+        out = _resize_axis(out, axis, int(size), order)
     return out
 
 
-def _fit(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    pad = [(0, max(0, t - s)) for t, s in zip(shape, array.shape, strict=True)]
-    array = np.pad(array, pad, mode="edge")
-    return array[tuple(slice(0, t) for t in shape)]
+def _resize_axis(array: np.ndarray, axis: int, size: int, order: int) -> np.ndarray:
+    length = array.shape[axis]
+    if length == size:
+        return array
+    scale = (length - 1) / (size - 1) if size > 1 else 0.0
+    position = np.arange(size, dtype=np.float64) * scale
+    if order == 0:
+        return np.take(array, np.rint(position).astype(np.intp), axis=axis)
+    low = np.minimum(np.floor(position).astype(np.intp), max(length - 2, 0))
+    high = np.minimum(low + 1, length - 1)
+    weight = (position - low).astype(np.float32)
+    weight = weight.reshape([-1 if k == axis else 1 for k in range(array.ndim)])
+    below = np.take(array, low, axis=axis).astype(np.float32, copy=False)
+    above = np.take(array, high, axis=axis).astype(np.float32, copy=False)
+    return below + (above - below) * weight
 
 
 def shape_for_spacing(
