@@ -43,7 +43,7 @@ from dicom_node import facts as header  # noqa: E402
 from dicom_node.index import Index, InstanceRecord, SeriesSummary  # noqa: E402
 from dicom_node.routing import match  # noqa: E402
 from dicom_node.settings import Settings, load_settings  # noqa: E402
-from dicom_node.state import Database  # noqa: E402
+from dicom_node.state import open_database  # noqa: E402
 
 CONTEXT = {"calling_ae": "CT_ROOM2", "called_ae": "DICOM-NODE", "peer_address": "10.20.1.7"}
 
@@ -125,7 +125,7 @@ def bench_receive(base: Dataset, path: Path, tmp: Path, n: int = 300) -> dict[st
     for i, f in enumerate(found):
         header.merge(facts, f, i == 0)
     merge = (time.perf_counter() - start) / n
-    db = Database(tmp / "receive.sqlite")
+    db = open_database(tmp / "receive.sqlite")
     index = Index(db)
     datasets = [received(instance(base, i)) for i in range(n)]
     start = time.perf_counter()
@@ -193,7 +193,7 @@ def build_index(base: Dataset, tmp: Path, studies: int) -> Path:
     texts = [json.dumps(f) for f in kinds]
     folder = tmp / "recent"
     (folder / "var").mkdir(parents=True)
-    db = Database(folder / "var" / "node.sqlite")
+    db = open_database(folder / "var" / "node.sqlite")
     now = time.time()
     with db.transaction() as conn:
         for s in range(studies):

@@ -86,7 +86,17 @@ def _parser() -> argparse.ArgumentParser:
 
     cmd("serve", "run the node: SCP, routing, jobs, sender (and embedded workers)")
     w = cmd("worker", "run pipeline workers against the configured broker")
-    w.add_argument("--queues", help="comma-separated queues (default: workers.queue)")
+    w.add_argument(
+        "--queues",
+        help="comma-separated device classes to take jobs for, e.g. gpu,cpu (default: default)",
+    )
+    w.add_argument(
+        "--lanes",
+        help="comma-separated lanes to take, in order (default: urgent,normal,offpeak)",
+    )
+    w.add_argument(
+        "--gpu", type=int, help="pin this worker to one GPU (CUDA_VISIBLE_DEVICES, memory growth)"
+    )
     w.add_argument(
         "--concurrency", type=int, help="worker processes (default: workers.concurrency)"
     )
@@ -107,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("check-config", "validate a configuration file and exit")
     c.add_argument("--echo", action="store_true", help="also C-ECHO every destination")
     return p
+
+
+def _worker_queues(queues: str | None, lanes: str | None) -> tuple[list[str], tuple[str, ...]]:
+    from dicom_node.lanes import DEFAULT_DEVICE, LANES, check_device, check_lane
+
+    devices = [check_device(d.strip()) for d in (queues or DEFAULT_DEVICE).split(",")]
+    chosen = tuple(check_lane(x.strip()) for x in lanes.split(",")) if lanes else LANES
+    return devices, chosen
 
 
 def main(argv: list[str] | None = None, backend: Any = None) -> int:
@@ -146,8 +164,12 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
             return int(backend.check_model(args.folder))
         return int(backend.list_models(settings))
     if args.command == "worker":
-        queues = args.queues.split(",") if args.queues else [settings.workers.queue]
-        return int(backend.run_worker(settings, queues, args.concurrency) or 0)
+        try:
+            devices, lanes = _worker_queues(args.queues, args.lanes)
+        except ValueError as exc:
+            print(f"dicom-node worker: {exc}", file=sys.stderr)
+            return 2
+        return int(backend.run_worker(settings, devices, args.concurrency, lanes, args.gpu) or 0)
     from dicom_node.node import Node
 
     try:
@@ -233,11 +255,11 @@ def _open(settings: Settings) -> tuple[Any, Any, Any, Any, Any]:
     from dicom_node.jobs import Jobs
     from dicom_node.outbox import Outbox
     from dicom_node.spool import Spool
-    from dicom_node.state import Database
+    from dicom_node.state import open_database
 
     spool = Spool(settings.storage.dir)
     spool.create()
-    db = Database(settings.storage.database_path)
+    db = open_database(settings.storage.database_target)
     return spool, db, Index(db), Jobs(db), Outbox(db)
 
 
@@ -266,6 +288,7 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
                 "timings": j.timings,
                 "summary": j.summary,
                 "created_at": j.created_at,
+                "enqueued_at": j.enqueued_at,
                 "started_at": j.started_at,
                 "finished_at": j.finished_at,
             }

@@ -22,7 +22,6 @@ failed; the other jobs go on.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 import traceback
 from collections.abc import Callable
@@ -100,7 +99,7 @@ class Dispatcher:
             self._apply(job, decide(job, report, now, self.policy), report.beat, now)
         except (BadReport, UnreadableResult) as exc:  # permanent: this job cannot go on
             self._fail(job, job.attempts, str(exc), now)
-        except sqlite3.OperationalError as exc:  # database busy or locked: next tick
+        except self.jobs.db.transient_errors as exc:  # database busy or away: next tick
             logger.warning("job %d: database not available (%s); will try again", job.id,
                            type(exc).__name__, extra={"job": job.id})  # fmt: skip
         except Exception as exc:  # a defect or an odd file: this job fails, the rest go on

@@ -10,13 +10,13 @@ counted once and does not change the revision.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from dicom_node import facts as header
-from dicom_node.state import Database
+from dicom_node.state import Connection, Database
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,9 @@ class Index:
         """
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
+            # Two nodes storing one instance, or one series' facts, take turns.
+            self.db.lock(conn, f"instance {rec.sop_uid}")
+            self.db.lock(conn, f"series {rec.series_uid}")
             if place is not None:
                 place()
             old = conn.execute(
@@ -143,11 +146,11 @@ class Index:
             self._count(conn, rec, now)
             return True, replaced
 
-    def _count(self, conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
+    def _count(self, conn: Connection, rec: InstanceRecord, now: float) -> None:
         conn.execute(
             "INSERT INTO studies (study_uid, revision, first_received, last_received,"
             " pending_since) VALUES (?, 1, ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
-            " revision = revision + 1, last_received = excluded.last_received,"
+            " revision = studies.revision + 1, last_received = excluded.last_received,"
             " pending_since = COALESCE(studies.pending_since, excluded.last_received)",
             (rec.study_uid, now, now, now),
         )
@@ -155,7 +158,7 @@ class Index:
             "INSERT INTO series (series_uid, study_uid, modality, body_part, description,"
             " protocol_name, manufacturer, sop_class_uid, instances, last_received)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT(series_uid) DO UPDATE SET"
-            " instances = instances + 1, last_received = excluded.last_received",
+            " instances = series.instances + 1, last_received = excluded.last_received",
             (
                 rec.series_uid,
                 rec.study_uid,
@@ -170,7 +173,7 @@ class Index:
         )
         self._merge_facts(conn, rec, now)
 
-    def _merge_facts(self, conn: sqlite3.Connection, rec: InstanceRecord, now: float) -> None:
+    def _merge_facts(self, conn: Connection, rec: InstanceRecord, now: float) -> None:
         """Merge an instance's facts into its series' row. The series' facts are
         cached by revision: they are read again only when another process changed
         them, and written only when they changed (see ``facts.merge``)."""
@@ -235,7 +238,7 @@ class Index:
     def series_of(self, study_uid: str, keys: Sequence[str] | None = None) -> list[SeriesSummary]:
         """The series of a study; with ``keys``, only those facts are read (SQLite
         extracts them, which is much cheaper than decoding every fact)."""
-        select, params = _select(keys)
+        select, params = _select(keys, self.db.dialect)
         rows = self.db.query(
             f"{select} WHERE study_uid = ? ORDER BY series_uid", (*params, study_uid)
         )
@@ -245,7 +248,7 @@ class Index:
         self, limit: int, keys: Sequence[str] | None = None
     ) -> list[list[SeriesSummary]]:
         """The series of the ``limit`` studies received last, newest study first."""
-        select, params = _select(keys)
+        select, params = _select(keys, self.db.dialect)
         rows = self.db.query(
             f"{select} WHERE study_uid IN (SELECT study_uid FROM studies"
             " ORDER BY last_received DESC LIMIT ?)",
@@ -326,7 +329,7 @@ class Index:
                 r["path"]
                 for r in conn.execute(
                     "SELECT path FROM instances WHERE series_uid = ?", (series_uid,)
-                )
+                ).fetchall()
             ]
             if remove is not None:
                 for path in paths:
@@ -353,18 +356,21 @@ _COLUMNS = (
 )
 
 
-def _select(keys: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+def _select(keys: Sequence[str] | None, dialect: str) -> tuple[str, tuple[str, ...]]:
+    """The series columns, and of the facts only ``keys`` (all when None): a JSON
+    array of their values, extracted by the database without parsing the rest."""
     if keys is None:
         return f"SELECT {_COLUMNS}, facts FROM series", ()
-    paths = tuple(f'$."{key}"' for key in (header.PARTIAL, *keys))
-    marks = ", ".join("?" * (len(paths) + 1))  # two paths at least: an array comes back
-    return f"SELECT {_COLUMNS}, json_extract(facts, {marks}) AS facts FROM series", (
-        *paths,
-        '$."00080060"',
-    )
+    names = (header.PARTIAL, *keys, "00080060")  # two at least: an array comes back
+    if dialect == "postgresql":
+        values = ", ".join("facts::json -> ?" for _ in names)
+        return f"SELECT {_COLUMNS}, json_build_array({values})::text AS facts FROM series", names
+    marks = ", ".join("?" * len(names))
+    paths = tuple(f'$."{key}"' for key in names)
+    return f"SELECT {_COLUMNS}, json_extract(facts, {marks}) AS facts FROM series", paths
 
 
-def _summary(row: sqlite3.Row, keys: Sequence[str] | None = None) -> SeriesSummary:
+def _summary(row: Any, keys: Sequence[str] | None = None) -> SeriesSummary:
     # Positional, in _COLUMNS order then facts: this runs once per series of
     # `rules test --recent`, tens of thousands of times.
     text = row[12]

@@ -142,10 +142,11 @@ class Jobs:
         ``action`` tells apart the jobs one rule makes for the same series."""
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO jobs (study_uid, series_uid, rule, pipeline, input_digest,"
+            row = conn.execute(
+                "INSERT INTO jobs (study_uid, series_uid, rule, pipeline, input_digest,"
                 " inputs, destinations, state, created_at, updated_at, queue, lane, priority,"
-                " parameters) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                " parameters) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (series_uid, rule, input_digest) DO NOTHING RETURNING id",
                 (
                     study_uid,
                     series_uid,
@@ -161,8 +162,8 @@ class Jobs:
                     priority,
                     json.dumps(parameters or {}),
                 ),
-            )
-            return cur.lastrowid if cur.rowcount == 1 else None
+            ).fetchone()
+            return int(row[0]) if row is not None else None
 
     def move(
         self,

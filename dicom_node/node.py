@@ -27,13 +27,14 @@ from dicom_node import audit, scu
 from dicom_node.dispatch import Dispatcher, Enqueue
 from dicom_node.index import Index
 from dicom_node.jobs import Jobs
+from dicom_node.leader import LOOK_SECONDS, lease_for
 from dicom_node.outbox import Outbox, Sender
 from dicom_node.receivers import ReceiverProcesses
 from dicom_node.retention import purge_sources
 from dicom_node.scp import Receiver, reconcile_spool, start_servers
 from dicom_node.settings import ConfigError, Settings, check_pipeline_names, load_settings
 from dicom_node.spool import Spool
-from dicom_node.state import Database
+from dicom_node.state import open_database
 
 if TYPE_CHECKING:
     from pynetdicom.transport import ThreadedAssociationServer
@@ -154,7 +155,11 @@ class Node:
         self.backend = backend
         self.spool = Spool(settings.storage.dir)
         self.spool.create()
-        self.db = Database(settings.storage.database_path)
+        target = settings.storage.database_target
+        self.db = open_database(target)
+        self.lease = lease_for(self.db, target if isinstance(target, Path) else None)
+        self.leading = False
+        self._told_standby = False
         self.index = Index(self.db)
         self.jobs = Jobs(self.db)
         self.outbox = Outbox(self.db)
@@ -208,9 +213,8 @@ class Node:
             extra = self.settings.receive.processes - 1
             self.receivers = ReceiverProcesses(extra, self.config, port, tls_port)
             self.receivers.start()
-        requeued = self.dispatcher.requeue_unfinished()
-        if requeued:
-            logger.info("%d unfinished job(s) from before enqueued again", requeued)
+        self.sender.active = lambda: self.leading
+        self._lead()
         if self.workers is not None:
             self.workers.start()
         for name, target in (("dispatcher", self._dispatch_loop), ("sender", self._send_loop)):
@@ -226,10 +230,30 @@ class Node:
         )
         return host, port
 
+    def _lead(self) -> bool:
+        """Take or keep the lead (``leader``); the new leader first re-sends the jobs
+        it finds unfinished, as after a restart."""
+        was = self.leading
+        self.leading = self.lease.hold()
+        if self.leading and not was:
+            logger.info("this node leads: it routes studies, runs jobs and sends results")
+            requeued = self.dispatcher.requeue_unfinished()
+            if requeued:
+                logger.info("%d unfinished job(s) from before enqueued again", requeued)
+        elif was and not self.leading:
+            logger.warning("this node no longer leads; it keeps receiving")
+        elif not self.leading and not was and not self._told_standby:
+            self._told_standby = True
+            logger.info("another node leads; this one receives, and takes over if it stops")
+        return self.leading
+
     def _dispatch_loop(self) -> None:
         last_purge = 0.0
         while not self.stop_event.is_set():
             try:
+                if not self._lead():
+                    self._tick.wait(LOOK_SECONDS)
+                    continue
                 self.dispatcher.tick()
                 if self.workers is not None:
                     self.workers.check()
@@ -261,6 +285,7 @@ class Node:
             thread.join(timeout=self.settings.send.timeout_seconds + 5)
         if self.workers is not None:
             self.workers.stop()
+        self.lease.release()
         self.db.close()
         logger.info("stopped")
 

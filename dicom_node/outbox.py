@@ -149,6 +149,7 @@ class Sender:
         self._connect = connect
         self.clock = clock
         self.wake = threading.Event()
+        self.active: Callable[[], bool] = lambda: True  # False: another node sends
 
     def run_once(self, now: float | None = None) -> int:
         """Try every due item once; returns how many were stored."""
@@ -220,7 +221,8 @@ class Sender:
     def run_forever(self, stop: threading.Event, poll: float = 1.0) -> None:
         while not stop.is_set():
             try:
-                self.run_once()
+                if self.active():
+                    self.run_once()
             except Exception as exc:  # boundary: the sender thread must not die
                 logger.error("sender round failed (%s); will try again", type(exc).__name__)
             self.wake.wait(poll)

@@ -31,7 +31,7 @@ from dicom_node.index import Index
 from dicom_node.scp import Receiver, start_servers
 from dicom_node.settings import Settings, load_settings
 from dicom_node.spool import Spool
-from dicom_node.state import Database
+from dicom_node.state import open_database
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def serve(
     """One receiving process: an SCP on ``port`` until ``stop`` is set, or until the
     node process ``parent`` is gone (killed: it must not leave receivers behind)."""
     spool = Spool(settings.storage.dir)
-    db = Database(settings.storage.database_path)
+    db = open_database(settings.storage.database_target)
     receiver = Receiver(spool, Index(db), settings.storage.min_free_mb * 2**20,
                         settings.node, settings.receive)  # fmt: skip
     servers = start_servers(settings.node, receiver, port=port, tls_port=tls_port)

@@ -17,7 +17,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from dicom_node.conditions import (
     AllCondition,
@@ -25,9 +33,10 @@ from dicom_node.conditions import (
     AttributeCondition,
     Condition,
 )
+from dicom_node.lanes import check_device
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-QueueName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+QueueName = Annotated[str, AfterValidator(check_device)]  # a device class: gpu, cpu, …
 Lane = Literal["urgent", "normal", "offpeak"]
 LANES: tuple[Lane, ...] = ("urgent", "normal", "offpeak")
 Scalar = str | int | float | bool

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from dicom_node.ruleset import Match, RoutingSettings, Rule
+from dicom_node.state import is_postgres_url
 
 __all__ = ["Match", "Rule", "RoutingSettings"]
 
@@ -147,16 +148,27 @@ class StorageSettings(_Section):
     dir: Path = Path("var")
     min_free_mb: Annotated[int, Field(ge=0)] = 500
     retention_hours: Annotated[float, Field(ge=0)] = 72.0
-    # The node's SQLite file; default <dir>/node.sqlite. Keep it on a local disk
-    # when ``dir`` is shared with worker hosts over NFS: workers never open it.
-    database: Path | None = None
+    # The node's tables: a SQLite file (default <dir>/node.sqlite; keep it on a
+    # local disk, never on NFS: workers never open it) or a PostgreSQL URL,
+    # postgresql://user@host:5432/dbname, which several receiving nodes can share.
+    database: str | None = None
     # False: files 0600 and folders 0700 (the node's user only); True: the
     # node's group may read them too (0640/0750), e.g. workers under another user.
     group_access: bool = False
 
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and not is_postgres_url(value):
+            raise ValueError("expected a SQLite file path or a postgresql://… URL")
+        return value
+
     @property
-    def database_path(self) -> Path:
-        return self.database if self.database is not None else self.dir / "node.sqlite"
+    def database_target(self) -> str | Path:
+        """A ``postgresql://`` URL, or the SQLite file's path."""
+        if self.database is None:
+            return self.dir / "node.sqlite"
+        return self.database if is_postgres_url(self.database) else Path(self.database)
 
 
 class BrokerSettings(_Section):
@@ -270,8 +282,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         raw["models"] = [str(_absolute(m, base)) if isinstance(m, str) else m for m in models]
     storage = raw.get("storage")
     for key in ("dir", "database"):
-        if isinstance(storage, dict) and isinstance(storage.get(key), str):
-            storage[key] = str(_absolute(storage[key], base))
+        value = storage.get(key) if isinstance(storage, dict) else None
+        if isinstance(value, str) and "://" not in value:
+            storage[key] = str(_absolute(value, base))  # type: ignore[index]
     node = raw.get("node")
     tls_sections = [node.get("tls") if isinstance(node, dict) else None]
     destinations = raw.get("destinations")

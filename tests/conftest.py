@@ -13,3 +13,13 @@ def pytest_collection_modifyitems(config, items):
 def _no_network_for_test_data():
     # pydicom-data is installed; never let a missing file turn into a download.
     os.environ.setdefault("PYDICOM_DATA_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases():
+    yield
+    import sys
+
+    module = sys.modules.get("tests.support.postgres")
+    if module is not None:
+        module.drop_all()

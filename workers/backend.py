@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dicom_node.lanes import DEFAULT_DEVICE, LANES, broker_priority, consumed, queue_name
 from dicom_node.settings import Settings
 from workers.app import TASK_NAME, make_app
 
@@ -25,21 +26,22 @@ class CeleryBackend:
 
     def make_enqueue(self, settings: Settings) -> Any:
         app = make_app(settings)
-        celery_queue = settings.workers.queue
+        base = settings.workers.queue
 
         def enqueue(
             message: dict[str, Any],
             *,
-            queue: str = "default",
+            queue: str = DEFAULT_DEVICE,
             lane: str = "normal",
             priority: int = 5,
         ) -> None:
-            # queue (device class), lane and priority come from the job's routing
-            # rule; the worker-lane layout that routes by them is the lanes work's.
+            # Embedded mode has one worker for every device class; lanes still apply.
+            device = DEFAULT_DEVICE if settings.broker.embedded else queue
             app.send_task(
                 TASK_NAME,
                 args=[message],
-                queue=celery_queue,
+                queue=queue_name(base, device, lane),
+                priority=broker_priority(lane, priority),
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1},
             )
@@ -69,11 +71,24 @@ class CeleryBackend:
 
         return check_model(folder)
 
-    def run_worker(self, settings: Settings, queues: list[str], concurrency: int | None) -> int:
+    def run_worker(
+        self,
+        settings: Settings,
+        devices: list[str],
+        concurrency: int | None,
+        lanes: tuple[str, ...] = LANES,
+        gpu: int | None = None,
+    ) -> int:
+        """Consume the lanes of ``devices`` in lane order. ``gpu``: this process
+        (and its pool) sees only that GPU, with TensorFlow's memory growth on."""
+        if gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         from workers.tasks import register
 
         # TensorFlow's INFO chatter off; its warnings and CUDA errors stay visible.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+        queues = consumed(settings.workers.queue, devices, lanes)
         app = make_app(settings)
         register(app, settings, self.pipelines)
         argv = [
@@ -85,7 +100,9 @@ class CeleryBackend:
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
-            "--hostname=dicom-node@%h",
+            f"--hostname=dicom-node-{'-'.join(devices)}{'' if gpu is None else f'-gpu{gpu}'}@%h",
         ]
+        if not settings.broker.embedded:
+            argv.append("--task-events")  # for Flower and `celery events`
         app.worker_main(argv)
         return 0

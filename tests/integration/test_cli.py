@@ -86,12 +86,12 @@ def test_purge_deletes_a_failed_jobs_images_and_notes_it(tmp_path):
     from dicom_node.index import Index, InstanceRecord
     from dicom_node.jobs import Jobs, JobState, Move
     from dicom_node.spool import Spool
-    from dicom_node.state import Database
+    from dicom_node.state import open_database
 
     (tmp_path / "config.yaml").write_text("storage: {dir: var}\nrules: []\n")
     spool = Spool(tmp_path / "var")
     spool.create()
-    db = Database(spool.root / "node.sqlite")
+    db = open_database(spool.root / "node.sqlite")
     rel = spool.store_instance("1.2", "1.2.3", "1.2.3.1", b"x")
     Index(db).record(InstanceRecord("1.2", "1.2.3", "1.2.3.1", "1.2.840.10008.5.1.4.1.1.2", rel, 1))
     jobs = Jobs(db)

@@ -33,7 +33,7 @@ SENTINELS = [*SENTINEL_PATIENT.values(), "1970-01-01", "\x07BELL", "\\x07BELL", 
 
 
 def config(
-    archive_aet: str, archive_port: int, redis_url: str, time_limit: float = 30, attempts: int = 3
+    archive_aet: str, archive_port: int, redis_url: str, time_limit: float = 90, attempts: int = 3
 ) -> dict[str, Any]:
     def rule(name: str, description: str, pipeline: str) -> dict[str, Any]:
         return {

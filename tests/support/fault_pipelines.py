@@ -12,12 +12,13 @@ import os
 import time
 from typing import Any
 
-from pipelines.base import PipelineSpec, Volume
+from pipelines.base import PipelineSpec, SeriesNotUsable, Volume
 from pipelines.lung import LungCT
 
 # Looks like a patient value on purpose: it must never reach a log, reason or status.
 LEAKY_MESSAGE = "Unable to convert 'SENTINEL-PID-0001' to 'DA' object"
 SLOW_SECONDS = 4.0
+PAUSE_SECONDS = 1.5
 
 
 def _spec(name: str) -> PipelineSpec:
@@ -67,4 +68,23 @@ class Slow(LungCT):
         return super().infer(model, volume)
 
 
-FAULTS = {p.spec.name: p for p in (Raises, Hangs, Aborts, Slow)}
+class Pauses(_NoModel):
+    """Holds its worker for ``PAUSE_SECONDS``, then skips the series: a job that takes
+    time and needs no model (the lane and device-class tests)."""
+
+    spec = _spec("pause")
+    seconds = PAUSE_SECONDS
+
+    def infer(self, model: Any, volume: Volume) -> Any:
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise SeriesNotUsable("the pause pipeline never makes results")
+
+
+class PausesLong(Pauses):
+    spec = _spec("pause-long")
+    seconds = 4 * PAUSE_SECONDS
+
+
+FAULTS = {p.spec.name: p for p in (Raises, Hangs, Aborts, Slow, Pauses, PausesLong)}

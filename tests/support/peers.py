@@ -235,6 +235,11 @@ class Redis(_Process):
         return f"redis://127.0.0.1:{self.port}/0"
 
 
+# DICOM_NODE_TEST_DATABASE=postgresql puts every test node's tables in PostgreSQL.
+TEST_DATABASE = "DICOM_NODE_TEST_DATABASE"
+_databases: dict[Path, str] = {}
+
+
 @dataclass
 class NodeProcess:
     """``dicom-node serve`` (or ``worker``) as a real process with its own log file."""
@@ -247,6 +252,7 @@ class NodeProcess:
     module: str = "workers"  # what `python -m` runs (tests.support.fault_node adds faults)
     log_name: str = ""
     tree: Path = REPO  # the checkout whose code runs (benchmarks compare two)
+    args: list[str] = field(default_factory=list)  # after the command, e.g. --queues gpu
 
     @property
     def config_path(self) -> Path:
@@ -259,13 +265,29 @@ class NodeProcess:
     def write_config(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config.setdefault("node", {})["port"] = self.port
+        storage = self.config.setdefault("storage", {})
+        if os.environ.get(TEST_DATABASE) == "postgresql" and "database" not in storage:
+            # The suite's PostgreSQL run: one fresh database per node folder.
+            from tests.support import postgres
+
+            if self.folder not in _databases:
+                _databases[self.folder] = postgres.fresh_database()
+            storage["database"] = _databases[self.folder]
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def start(self, wait_listening: bool = True) -> NodeProcess:
         self.write_config()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, self.command, "--config", str(self.config_path)],
+            [
+                sys.executable,
+                "-m",
+                self.module,
+                self.command,
+                *self.args,
+                "--config",
+                str(self.config_path),
+            ],  # fmt: skip
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.folder,

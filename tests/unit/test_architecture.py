@@ -43,7 +43,7 @@ def test_workers_use_only_job_descriptions_and_settings_from_dicom_node():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dicom_node"):
                 assert node.module in {"dicom_node.jobspec", "dicom_node.settings",
-                                       "dicom_node.spool", "dicom_node"}, (
+                                       "dicom_node.spool", "dicom_node.lanes", "dicom_node"}, (
                     f"{path.relative_to(REPO)} imports {node.module}")  # fmt: skip
 
 

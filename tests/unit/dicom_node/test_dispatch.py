@@ -12,7 +12,6 @@ from dicom_node.jobspec import JobOutcome
 from dicom_node.outbox import Outbox
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
-from dicom_node.state import Database
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -29,7 +28,7 @@ class Sent(list):
         self.keywords.append(keywords)
 
 
-def make(tmp_path: Path, **workers: float):
+def make(tmp_path: Path, open_db, **workers: float):
     settings = Settings.model_validate(
         {
             "node": {"stable_after_seconds": 10},
@@ -51,7 +50,7 @@ def make(tmp_path: Path, **workers: float):
             ],
         }
     )
-    db = Database(tmp_path / "node.sqlite")
+    db = open_db()
     sent = Sent()
     d = Dispatcher(settings, Spool(tmp_path), Index(db), Jobs(db), Outbox(db), sent.record)
     return d, sent
@@ -81,8 +80,8 @@ def worker_takes(d: Dispatcher, message: dict, name: str = "w1"):
     return ticket
 
 
-def test_stable_study_becomes_one_enqueued_job_with_paths_not_pixels(tmp_path):
-    d, sent = make(tmp_path)
+def test_stable_study_becomes_one_enqueued_job_with_paths_not_pixels(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 3, now=0.0)
     d.tick(now=5.0)
     assert sent == []
@@ -97,15 +96,15 @@ def test_stable_study_becomes_one_enqueued_job_with_paths_not_pixels(tmp_path):
     assert message["ticket"] == 1 and (tmp_path / "work/1/t1").is_dir()
 
 
-def test_unmatched_series_makes_no_job(tmp_path):
-    d, sent = make(tmp_path)
+def test_unmatched_series_makes_no_job(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 3, now=0.0, modality="MR")
     d.tick(now=11.0)
     assert sent == [] and d.jobs.counts() == {}
 
 
-def test_late_instance_reroutes_and_runs_the_grown_series_again(tmp_path):
-    d, sent = make(tmp_path)
+def test_late_instance_reroutes_and_runs_the_grown_series_again(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 3, now=0.0)
     d.tick(now=11.0)
     d.index.record(
@@ -117,8 +116,8 @@ def test_late_instance_reroutes_and_runs_the_grown_series_again(tmp_path):
     assert len(sent) == 2 and len(sent[1]["inputs"]) == 4
 
 
-def test_done_outcome_moves_results_to_the_outbox_and_removes_the_work_folder(tmp_path):
-    d, sent = make(tmp_path)
+def test_done_outcome_moves_results_to_the_outbox_and_removes_the_work_folder(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
     ticket = worker_takes(d, sent[0])
@@ -132,8 +131,8 @@ def test_done_outcome_moves_results_to_the_outbox_and_removes_the_work_folder(tm
     assert list((tmp_path / "work").iterdir()) == []
 
 
-def test_skipped_outcome_keeps_the_workers_reason(tmp_path):
-    d, sent = make(tmp_path)
+def test_skipped_outcome_keeps_the_workers_reason(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
     ticket = worker_takes(d, sent[0])
@@ -143,8 +142,8 @@ def test_skipped_outcome_keeps_the_workers_reason(tmp_path):
     assert (job.state, job.reason) == ("skipped", "(0008,0060) Modality is MR; lung-ct needs CT")
 
 
-def test_job_nobody_took_is_sent_again_and_waiting_never_fails_it(tmp_path):
-    d, sent = make(tmp_path)
+def test_job_nobody_took_is_sent_again_and_waiting_never_fails_it(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
     d.tick(now=50.0)
@@ -157,10 +156,10 @@ def test_job_nobody_took_is_sent_again_and_waiting_never_fails_it(tmp_path):
     assert (job.state, job.attempts) == ("queued", 0)
 
 
-def test_worker_that_dies_at_once_every_time_fails_the_job_after_max_attempts(tmp_path):
+def test_worker_that_dies_at_once_every_time_fails_the_job_after_max_attempts(tmp_path, open_db):
     """A crash right after taking the job (reject_on_worker_lost redelivers at once):
     every delivery leaves a claim, and claims are attempts."""
-    d, sent = make(tmp_path)
+    d, sent = make(tmp_path, open_db)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
     worker_takes(d, sent[0], "w1")
@@ -175,8 +174,8 @@ def test_worker_that_dies_at_once_every_time_fails_the_job_after_max_attempts(tm
     assert list((tmp_path / "work").iterdir()) == []
 
 
-def test_running_job_whose_heartbeat_stops_gets_a_new_ticket(tmp_path):
-    d, sent = make(tmp_path)
+def test_running_job_whose_heartbeat_stops_gets_a_new_ticket(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
     old = worker_takes(d, sent[0])
@@ -192,8 +191,8 @@ def test_running_job_whose_heartbeat_stops_gets_a_new_ticket(tmp_path):
     assert (d.jobs.get(1).state, d.jobs.get(1).attempts) == ("queued", 1)
 
 
-def test_retry_outcome_gets_a_new_ticket_after_a_backoff_then_fails_when_spent(tmp_path):
-    d, sent = make(tmp_path)
+def test_retry_outcome_gets_a_new_ticket_after_a_backoff_then_fails_when_spent(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
     worker_takes(d, sent[0]).write_outcome(JobOutcome("retry", "a transient error (OSError)"))
@@ -208,8 +207,8 @@ def test_retry_outcome_gets_a_new_ticket_after_a_backoff_then_fails_when_spent(t
         "failed", "gave up after 2 attempt(s): a transient error (OSError)")  # fmt: skip
 
 
-def test_broker_down_leaves_the_job_queued_for_the_next_tick(tmp_path):
-    d, sent = make(tmp_path)
+def test_broker_down_leaves_the_job_queued_for_the_next_tick(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 2, now=0.0)
     d.enqueue = _refuse
     d.tick(now=11.0)
@@ -224,8 +223,8 @@ def _refuse(message: dict, **_: object) -> None:
     raise ConnectionError("broker unreachable")
 
 
-def test_one_bad_report_fails_that_job_and_the_others_go_on(tmp_path):
-    d, sent = make(tmp_path)
+def test_one_bad_report_fails_that_job_and_the_others_go_on(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     for series in ("1.2.3", "1.2.4", "1.2.5"):
         d.index.record(InstanceRecord("1.2", series, f"{series}.1", CT,
                                       f"spool/1.2/{series}/{series}.1.dcm", 1, modality="CT"),
@@ -250,8 +249,8 @@ def test_one_bad_report_fails_that_job_and_the_others_go_on(tmp_path):
     assert list((tmp_path / "work").iterdir()) == []
 
 
-def test_done_without_the_reported_file_fails_the_job_with_a_reason(tmp_path):
-    d, sent = make(tmp_path)
+def test_done_without_the_reported_file_fails_the_job_with_a_reason(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
     worker_takes(d, sent[0]).write_outcome(JobOutcome("done", outputs=["seg-1.dcm"]))
@@ -261,8 +260,8 @@ def test_done_without_the_reported_file_fails_the_job_with_a_reason(tmp_path):
         "failed", "the worker reported a result file that is not in its work folder")  # fmt: skip
 
 
-def test_operator_retry_of_a_done_job_sends_its_results_again(tmp_path):
-    d, sent = make(tmp_path)
+def test_operator_retry_of_a_done_job_sends_its_results_again(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 2, now=0.0)
     d.tick(now=11.0)
     for n in (0, 1):
@@ -279,8 +278,8 @@ def test_operator_retry_of_a_done_job_sends_its_results_again(tmp_path):
     assert d.outbox.counts() == {"sent": 1}
 
 
-def test_restart_sends_unfinished_jobs_again_but_not_ones_a_worker_holds(tmp_path):
-    d, sent = make(tmp_path)
+def test_restart_sends_unfinished_jobs_again_but_not_ones_a_worker_holds(tmp_path, open_db):
+    d, sent = make(tmp_path, open_db)
     receive(d, 2, now=0.0)
     d.index.record(InstanceRecord("1.2", "1.2.4", "1.2.4.1", CT, "spool/1.2/1.2.4/1.2.4.1.dcm", 1,
                                   modality="CT"), now=0.0)  # fmt: skip

@@ -12,7 +12,6 @@ from dicom_node.outbox import Outbox, Sender, backoff
 from dicom_node.scu import StoreResult
 from dicom_node.settings import Destination, SendSettings
 from dicom_node.spool import Spool
-from dicom_node.state import Database
 
 
 def rec(sop: str, series: str = "1.2.3", study: str = "1.2") -> InstanceRecord:
@@ -27,8 +26,8 @@ def rec(sop: str, series: str = "1.2.3", study: str = "1.2") -> InstanceRecord:
     )
 
 
-def test_duplicate_instance_is_counted_once_and_does_not_reopen_the_study(tmp_path):
-    index = Index(Database(tmp_path / "db.sqlite"))
+def test_duplicate_instance_is_counted_once_and_does_not_reopen_the_study(tmp_path, open_db):
+    index = Index(open_db())
     assert index.record(rec("1.2.3.1"), now=1.0) == (True, None)
     assert index.record(rec("1.2.3.1"), now=2.0) == (False, None)
     assert index.counts() == {"studies": 1, "series": 1, "instances": 1}
@@ -36,8 +35,8 @@ def test_duplicate_instance_is_counted_once_and_does_not_reopen_the_study(tmp_pa
     assert study.revision == 1 and study.last_received == 1.0
 
 
-def test_same_job_is_created_once_per_set_of_instances(tmp_path):
-    jobs = Jobs(Database(tmp_path / "db.sqlite"))
+def test_same_job_is_created_once_per_set_of_instances(tmp_path, open_db):
+    jobs = Jobs(open_db())
     kw = dict(
         study_uid="1.2",
         series_uid="1.2.3",
@@ -97,9 +96,9 @@ class FakeArchive:
         return Connection()
 
 
-def make_sender(tmp_path: Path, answers: dict[str, object], **send: int):
+def make_sender(tmp_path: Path, open_db, answers: dict[str, object], **send: int):
     spool = Spool(tmp_path)
-    db = Database(tmp_path / "db.sqlite")
+    db = open_db()
     outbox = Outbox(db)
     dests = {n: Destination(ae_title=n.upper(), host="127.0.0.1", port=1) for n in answers}
     archive = FakeArchive(answers)
@@ -107,8 +106,8 @@ def make_sender(tmp_path: Path, answers: dict[str, object], **send: int):
     return sender, outbox, db, archive
 
 
-def test_sent_file_is_deleted_only_after_every_destination_stored_it(tmp_path):
-    sender, outbox, _, archive = make_sender(tmp_path, {"a": 0x0000, "b": 0xA700})
+def test_sent_file_is_deleted_only_after_every_destination_stored_it(tmp_path, open_db):
+    sender, outbox, _, archive = make_sender(tmp_path, open_db, {"a": 0x0000, "b": 0xA700})
     path = result_file(tmp_path / "outbox/1/seg-1.dcm")
     outbox.add(1, ["outbox/1/seg-1.dcm"], ["a", "b"], now=0.0)
     assert sender.run_once(now=1e12) == 1
@@ -120,9 +119,9 @@ def test_sent_file_is_deleted_only_after_every_destination_stored_it(tmp_path):
     assert (tmp_path / "outbox").is_dir(), "the outbox folder itself stays"
 
 
-def test_unreachable_destination_is_retried_then_dead_lettered_and_file_kept(tmp_path):
+def test_unreachable_destination_is_retried_then_dead_lettered_and_file_kept(tmp_path, open_db):
     refused = DestinationUnavailable("association to A@127.0.0.1:1 could not be opened")
-    sender, outbox, db, _ = make_sender(tmp_path, {"a": refused}, max_attempts=3)
+    sender, outbox, db, _ = make_sender(tmp_path, open_db, {"a": refused}, max_attempts=3)
     result_file(tmp_path / "outbox/1/sr-2.dcm")
     outbox.add(1, ["outbox/1/sr-2.dcm"], ["a"], now=0.0)
     for _ in range(3):
@@ -143,8 +142,8 @@ def test_unreachable_destination_is_retried_then_dead_lettered_and_file_kept(tmp
         (0xA900, "status 0xA900"),
     ],
 )
-def test_permanent_refusal_is_parked_at_once(tmp_path, answer, error):
-    sender, outbox, db, _ = make_sender(tmp_path, {"a": answer}, max_attempts=20)
+def test_permanent_refusal_is_parked_at_once(tmp_path, open_db, answer, error):
+    sender, outbox, db, _ = make_sender(tmp_path, open_db, {"a": answer}, max_attempts=20)
     result_file(tmp_path / "outbox/1/seg-1.dcm")
     outbox.add(1, ["outbox/1/seg-1.dcm"], ["a"], now=0.0)
     sender.run_once(now=1e12)
@@ -153,8 +152,8 @@ def test_permanent_refusal_is_parked_at_once(tmp_path, answer, error):
     assert error in row["last_error"]
 
 
-def test_out_of_resources_at_the_archive_is_retried(tmp_path):
-    sender, outbox, db, _ = make_sender(tmp_path, {"a": 0xA702})
+def test_out_of_resources_at_the_archive_is_retried(tmp_path, open_db):
+    sender, outbox, db, _ = make_sender(tmp_path, open_db, {"a": 0xA702})
     result_file(tmp_path / "outbox/1/seg-1.dcm")
     outbox.add(1, ["outbox/1/seg-1.dcm"], ["a"], now=0.0)
     sender.run_once(now=1e12)
@@ -162,8 +161,8 @@ def test_out_of_resources_at_the_archive_is_retried(tmp_path):
     assert (row["state"], row["attempts"]) == ("pending", 1)
 
 
-def test_unreadable_result_is_parked_and_the_rest_of_the_batch_is_sent(tmp_path):
-    sender, outbox, db, archive = make_sender(tmp_path, {"a": 0x0000})
+def test_unreadable_result_is_parked_and_the_rest_of_the_batch_is_sent(tmp_path, open_db):
+    sender, outbox, db, archive = make_sender(tmp_path, open_db, {"a": 0x0000})
     (tmp_path / "outbox/1").mkdir(parents=True)
     (tmp_path / "outbox/1/seg-1.dcm").write_bytes(b"not dicom at all")
     good = result_file(tmp_path / "outbox/1/sr-2.dcm")
@@ -176,8 +175,8 @@ def test_unreadable_result_is_parked_and_the_rest_of_the_batch_is_sent(tmp_path)
     assert rows["outbox/1/sr-2.dcm"]["state"] == "sent"
 
 
-def test_results_of_a_job_run_again_are_queued_afresh(tmp_path):
-    sender, outbox, _, _ = make_sender(tmp_path, {"a": 0x0000})
+def test_results_of_a_job_run_again_are_queued_afresh(tmp_path, open_db):
+    sender, outbox, _, _ = make_sender(tmp_path, open_db, {"a": 0x0000})
     result_file(tmp_path / "outbox/1/seg-1.dcm")
     outbox.add(1, ["outbox/1/seg-1.dcm"], ["a"], now=0.0)
     assert sender.run_once(now=1e12) == 1
@@ -187,8 +186,8 @@ def test_results_of_a_job_run_again_are_queued_afresh(tmp_path):
     assert sender.run_once(now=1e12) == 1
 
 
-def test_job_inputs_round_trip_as_json(tmp_path):
-    jobs = Jobs(Database(tmp_path / "db.sqlite"))
+def test_job_inputs_round_trip_as_json(tmp_path, open_db):
+    jobs = Jobs(open_db())
     job_id = jobs.create(
         study_uid="1",
         series_uid="1.1",
@@ -210,8 +209,8 @@ def test_job_inputs_round_trip_as_json(tmp_path):
     )
 
 
-def test_a_move_from_a_state_the_job_has_left_changes_nothing(tmp_path):
-    jobs = Jobs(Database(tmp_path / "db.sqlite"))
+def test_a_move_from_a_state_the_job_has_left_changes_nothing(tmp_path, open_db):
+    jobs = Jobs(open_db())
     job_id = jobs.create(study_uid="1", series_uid="1.1", rule="r", pipeline="p",
                          sop_uids=["9"], inputs=[], destinations=[])  # fmt: skip
     assert jobs.move(job_id, Move.FINISH, 1.0, to=JobState.DONE)

@@ -3,7 +3,6 @@ from dicom_node.jobs import Jobs, JobState, Move
 from dicom_node.retention import purge_sources
 from dicom_node.settings import StorageSettings
 from dicom_node.spool import Spool
-from dicom_node.state import Database
 
 
 def stored(tmp_path, index, spool, series, now):
@@ -13,8 +12,8 @@ def stored(tmp_path, index, spool, series, now):
     return tmp_path / rel
 
 
-def test_images_are_purged_after_retention_once_jobs_ended_but_failures_are_kept(tmp_path):
-    db = Database(tmp_path / "node.sqlite")
+def test_images_are_purged_after_retention_once_jobs_ended_but_failures_are_kept(tmp_path, open_db):
+    db = open_db()
     index, jobs, spool = Index(db), Jobs(db), Spool(tmp_path)
     done = stored(tmp_path, index, spool, "1.2.3", now=0.0)
     failed = stored(tmp_path, index, spool, "1.2.4", now=0.0)
@@ -31,18 +30,18 @@ def test_images_are_purged_after_retention_once_jobs_ended_but_failures_are_kept
     assert index.counts()["series"] == 1
 
 
-def test_retention_zero_keeps_everything(tmp_path):
-    db = Database(tmp_path / "node.sqlite")
+def test_retention_zero_keeps_everything(tmp_path, open_db):
+    db = open_db()
     index, spool = Index(db), Spool(tmp_path)
     path = stored(tmp_path, index, spool, "1.2.3", now=0.0)
     assert purge_sources(index, spool, StorageSettings(retention_hours=0), now=1e9) == 0
     assert path.exists()
 
 
-def test_a_series_resent_while_it_is_picked_for_purging_is_kept_whole(tmp_path):
+def test_a_series_resent_while_it_is_picked_for_purging_is_kept_whole(tmp_path, open_db):
     """Retention picks a series, then an instance of it arrives again before the purge
     runs: the purge re-checks inside its transaction and leaves the series alone."""
-    db = Database(tmp_path / "node.sqlite")
+    db = open_db()
     index, spool = Index(db), Spool(tmp_path)
     path = stored(tmp_path, index, spool, "1.2.3", now=0.0)
     [study] = index.studies_to_route()
@@ -54,8 +53,8 @@ def test_a_series_resent_while_it_is_picked_for_purging_is_kept_whole(tmp_path):
     assert path.exists() and index.counts()["instances"] == 1
 
 
-def test_a_file_moved_in_and_indexed_in_one_transaction_is_never_purged_half_way(tmp_path):
-    db = Database(tmp_path / "node.sqlite")
+def test_a_file_moved_in_and_indexed_in_one_transaction_is_never_purged_half_way(tmp_path, open_db):
+    db = open_db()
     index, spool = Index(db), Spool(tmp_path)
     stored(tmp_path, index, spool, "1.2.3", now=0.0)
     incoming = spool.incoming(1) / "x.dcm"

@@ -14,7 +14,7 @@ from dicom_node.jobs import Jobs
 from dicom_node.outbox import Outbox
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
-from dicom_node.state import Database
+from dicom_node.state import open_database
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 STUDY = "1.2"
@@ -38,7 +38,7 @@ def node(tmp_path: Path, rules: list[dict[str, Any]], apply: str = "all"):
         "destinations": {"archive": {"ae_title": "ARCH", "host": "127.0.0.1", "port": 104}},
         "rules": rules,
     })  # fmt: skip
-    db = Database(tmp_path / "node.sqlite")
+    db = open_database(tmp_path / "node.sqlite")
     broker = Broker()
     spool = Spool(tmp_path)
     spool.create()

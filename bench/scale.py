@@ -1,0 +1,214 @@
+"""Scale-out on this machine: worker processes, lanes, and SQLite versus PostgreSQL.
+
+    .venv/bin/python bench/scale.py [--studies 20] [--part throughput,latency,database]
+
+All parts run a real node in Redis mode (its own redis-server), real
+``dicom-node worker`` processes and a dcmtk ``storescp`` as the archive, with
+small chest CT studies (24 slices of 192x192) sent by ``storescu``.
+
+- throughput: N studies queued at once, run by 1 worker process (TensorFlow with
+  2 intra-op threads) and by 2 worker processes (1 thread each); studies per
+  minute from the first job's creation to the last result at the archive.
+- latency: enqueue → start of a job (from the job table) for an urgent and a
+  normal study on an idle worker, and for an urgent study sent behind a backlog
+  of N normal ones.
+- database: the node's tables in SQLite and in PostgreSQL (a fresh database on
+  the machine's server): ingest rate of N×24 instances with no rules, and the
+  node-side overhead per job with N queued studies (``bench/overhead.py``'s
+  measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from overhead import measure  # noqa: E402
+
+from tests.support import postgres  # noqa: E402
+from tests.support.ct_series import SeriesOptions, write_ct_series  # noqa: E402
+from tests.support.peers import NodeProcess, Redis, Storescp, storescu  # noqa: E402
+from tests.support.phantom import make_chest_phantom  # noqa: E402
+from tests.support.wait import wait_for  # noqa: E402
+
+SPACING = (5.0, 1.2, 1.2)
+
+
+def config(archive: Storescp, redis: Redis, database: str | None = None) -> dict[str, Any]:
+    def rule(name: str, description: str, lane: str) -> dict[str, Any]:
+        return {"name": name, "match": {"Modality": "CT", "SeriesDescription": description},
+                "run": [{"pipeline": "lung-ct", "lane": lane}],
+                "destinations": ["archive"]}  # fmt: skip
+
+    storage: dict[str, Any] = {"dir": "var"}
+    if database is not None:
+        storage["database"] = database
+    return {
+        "node": {"stable_after_seconds": 1},
+        "storage": storage,
+        "broker": {"url": redis.url},
+        "destinations": {
+            "archive": {"ae_title": archive.aet, "host": "127.0.0.1", "port": archive.port}
+        },  # fmt: skip
+        "rules": [rule("urgent", "URGENT.*", "urgent"), rule("normal", ".*", "normal")],
+    }
+
+
+class Site:
+    def __init__(self, tmp: Path, database: str | None = None) -> None:
+        self.tmp = tmp
+        self.redis = Redis(tmp / "redis").start()
+        self.archive = Storescp(tmp / "archive").start()
+        self.node = NodeProcess(tmp / "node", config(self.archive, self.redis, database))
+        self.workers: list[NodeProcess] = []
+        self.hu = make_chest_phantom((24, 192, 192), SPACING, body_scale=0.55, seed=3).hu
+        self.count = 0
+
+    def start(self, workers: int, threads: int) -> Site:
+        self.node.start()
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+        for n in range(workers):
+            worker = NodeProcess(self.tmp / "node", self.node.config, command="worker",
+                                 port=self.node.port, log_name=f"worker-{n}.log")  # fmt: skip
+            self.workers.append(worker.start())
+        return self
+
+    def series(self, description: str) -> list[Path]:
+        self.count += 1
+        options = SeriesOptions(spacing=SPACING, series_description=description)
+        return write_ct_series(self.tmp / f"s{self.count}", self.hu, options).paths
+
+    def send(self, paths: list[Path]) -> None:
+        result = storescu(self.node.port, paths)
+        if result.returncode != 0:
+            raise SystemExit(f"storescu failed: {result.stderr}")
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return list(self.node.status(limit=500)["recent_jobs"])
+
+    def wait_done(self, n: int) -> list[dict[str, Any]]:
+        def done() -> list[dict[str, Any]] | None:
+            jobs = self.jobs()
+            ended = [j for j in jobs if j["state"] in ("done", "failed", "skipped")]
+            return jobs if len(ended) >= n else None
+
+        jobs = wait_for(done, 120 + 30 * n, f"{n} jobs to end", poll=0.2)
+        bad = [(j["state"], j["reason"]) for j in jobs if j["state"] != "done"]
+        if bad:
+            raise SystemExit(f"jobs did not finish: {bad}")
+        files = 2 * n
+        wait_for(lambda: len(self.archive.files()) >= files, 60, "the results", poll=0.05)
+        return jobs
+
+    def stop(self) -> None:
+        for proc in (*self.workers, self.node):
+            proc.stop()
+        self.archive.stop()
+        self.redis.stop()
+
+
+def throughput(studies: int) -> None:
+    print(f"\n## {studies} queued studies, 1 vs 2 worker processes")
+    for workers, threads in ((1, 2), (2, 1)):
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
+            site = Site(Path(name)).start(workers, threads)
+            try:
+                site.send(site.series("warm-up"))
+                site.wait_done(1)
+                paths = [p for _ in range(studies) for p in site.series("research")]
+                site.send(paths)
+                jobs = site.wait_done(studies + 1)
+                stored = time.time()
+                batch = [j for j in jobs if j["id"] > 1]
+                makespan = stored - min(j["created_at"] for j in batch)
+                rate = studies / makespan * 60
+                print(f"{workers} worker process(es), {threads} TF intra-op thread(s) each:"
+                      f" {rate:5.1f} studies/min (makespan {makespan:.1f} s)")  # fmt: skip
+            finally:
+                site.stop()
+
+
+def latency(studies: int) -> None:
+    print(f"\n## queue latency (enqueue → start), 1 worker process; backlog of {studies}")
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
+        site = Site(Path(name)).start(1, 2)
+        try:
+            site.send(site.series("warm-up"))
+            site.wait_done(1)
+            for n, label in ((2, "URGENT idle"), (3, "normal idle")):
+                site.send(site.series(label))
+                job = next(j for j in site.wait_done(n) if j["id"] == n)
+                print(f"{label:12s}: {job['started_at'] - job['enqueued_at']:5.2f} s")
+            site.send([p for _ in range(studies) for p in site.series("normal backlog")])
+
+            def backlog() -> bool:
+                queued = [j for j in site.jobs() if j["state"] == "queued" and j["enqueued_at"]]
+                return len(queued) >= studies - 2
+
+            wait_for(backlog, 60, "the backlog to be queued")
+            site.send(site.series("URGENT behind backlog"))
+            jobs = site.wait_done(3 + studies + 1)
+            urgent = max(jobs, key=lambda j: j["id"])
+            normal = [j for j in jobs if 3 < j["id"] < urgent["id"]]
+            waits = sorted(j["started_at"] - j["enqueued_at"] for j in normal)
+            ahead = sum(j["started_at"] > urgent["started_at"] for j in normal)
+            print(f"urgent behind backlog: {urgent['started_at'] - urgent['enqueued_at']:5.2f} s"
+                  f" ({ahead} of {len(normal)} normal jobs started after it)")  # fmt: skip
+            print(f"normal in the backlog: median {waits[len(waits) // 2]:5.2f} s,"
+                  f" last {waits[-1]:5.2f} s")  # fmt: skip
+        finally:
+            site.stop()
+
+
+def database(studies: int) -> None:
+    print("\n## SQLite vs PostgreSQL: ingest (no rules) and node overhead per job")
+    for engine in ("sqlite", "postgresql"):
+        url = postgres.fresh_database() if engine == "postgresql" else None
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
+            site = Site(Path(name), url)
+            site.node.config["rules"] = []
+            site.start(0, 2)
+            try:
+                paths = [p for _ in range(studies) for p in site.series("ingest")]
+                start = time.perf_counter()
+                site.send(paths)
+                rate = len(paths) / (time.perf_counter() - start)
+                print(f"{engine:10s}: ingest {rate:6.1f} instances/s ({len(paths)} instances)")
+            finally:
+                site.stop()
+        url = postgres.fresh_database() if engine == "postgresql" else None
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
+            tmp = Path(name)
+            site = Site(tmp, url).start(1, 2)
+            try:
+                measure(tmp, site.node, site.archive, site.hu, 1, "warm")
+                per_job = measure(tmp, site.node, site.archive, site.hu, studies, "many")
+                print(f"{engine:10s}: node overhead {per_job:5.2f} s per job")
+            finally:
+                site.stop()
+    postgres.drop_all()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--part", default="throughput,latency,database")
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPU cores")
+    parts = {"throughput": throughput, "latency": latency, "database": database}
+    for part in args.part.split(","):
+        parts[part](args.studies)
+
+
+if __name__ == "__main__":
+    main()
