@@ -253,14 +253,14 @@ class Node:
         last_purge = 0.0
         while not self.stop_event.is_set():
             try:
+                if self.receivers is not None:  # a standby node receives too
+                    self.receivers.check()
                 if not self._lead():
                     self._tick.wait(LOOK_SECONDS)
                     continue
                 self.dispatcher.tick()
                 if self.workers is not None:
                     self.workers.check()
-                if self.receivers is not None:
-                    self.receivers.check()
                 if time.time() - last_purge > 600:
                     last_purge = time.time()
                     purge_sources(self.index, self.spool, self.settings.storage, last_purge)
