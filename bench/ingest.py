@@ -106,7 +106,8 @@ def node_tree_rss(pid: int) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--instances", type=int, default=1000)
-    ap.add_argument("--processes", type=int, default=2, help="receive.processes of the node")
+    ap.add_argument("--processes", type=int, default=2,
+                    help="receive.processes of the node (0: leave the key out)")  # fmt: skip
     ap.add_argument("--rss-push", type=int, default=0)
     ap.add_argument("--jpeg-ls", action="store_true")
     ap.add_argument("--tree", type=Path, default=REPO, help="checkout whose node runs")
@@ -129,7 +130,8 @@ def main() -> int:
         node = NodeProcess(
             work / "node",
             {
-                "receive": {"processes": args.processes},
+                # --processes 0: no receive section (a checkout from before it existed)
+                **({"receive": {"processes": args.processes}} if args.processes else {}),
                 "storage": {"dir": "var", "retention_hours": 0},
                 "rules": [],
             },

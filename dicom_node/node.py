@@ -31,7 +31,7 @@ from dicom_node.leader import LOOK_SECONDS, lease_for
 from dicom_node.outbox import Outbox, Sender
 from dicom_node.receivers import ReceiverProcesses
 from dicom_node.retention import purge_sources
-from dicom_node.scp import Receiver, reconcile_spool, start_servers
+from dicom_node.scp import ORPHAN_AGE, Receiver, reconcile_spool, start_servers
 from dicom_node.settings import ConfigError, Settings, check_pipeline_names, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import open_database
@@ -204,7 +204,9 @@ class Node:
         self.tls_server: ThreadedAssociationServer | None = None
 
     def start(self) -> tuple[str, int]:
-        reconcile_spool(self.spool, self.index)
+        # Alone on a SQLite index and not yet receiving: every unindexed file is an orphan.
+        alone = isinstance(self.settings.storage.database_target, Path)
+        reconcile_spool(self.spool, self.index, min_age=0.0 if alone else ORPHAN_AGE)
         servers = start_servers(self.settings.node, self.receiver)  # fails first, if at all
         self.server, self.tls_server = servers[0], servers[1] if len(servers) > 1 else None
         host, port = self.server.server_address[:2]
@@ -251,17 +253,18 @@ class Node:
         last_purge = 0.0
         while not self.stop_event.is_set():
             try:
+                if self.receivers is not None:  # a standby node receives too
+                    self.receivers.check()
                 if not self._lead():
                     self._tick.wait(LOOK_SECONDS)
                     continue
                 self.dispatcher.tick()
                 if self.workers is not None:
                     self.workers.check()
-                if self.receivers is not None:
-                    self.receivers.check()
                 if time.time() - last_purge > 600:
                     last_purge = time.time()
                     purge_sources(self.index, self.spool, self.settings.storage, last_purge)
+                    reconcile_spool(self.spool, self.index, last_purge)
             except Exception as exc:  # boundary: the dispatcher thread must not die
                 where = "".join(traceback.format_tb(exc.__traceback__)[-3:])
                 logger.error("dispatcher round failed (%s); will try again, at\n%s",

@@ -35,6 +35,7 @@ import os
 import ssl
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -451,13 +452,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def reconcile_spool(spool: Spool, index: Index) -> None:
-    """At start, before listening: remove what a crash left behind. Data sets cut
-    off mid-way in ``incoming`` of processes that are gone, and spool files with no
-    index row (moved in, then the process died before the commit: never answered
-    Success, so the sender sends them again)."""
+ORPHAN_AGE = 600.0  # seconds; far longer than any move-and-commit transaction
+
+
+def reconcile_spool(
+    spool: Spool, index: Index, now: float | None = None, min_age: float = ORPHAN_AGE
+) -> None:
+    """At start, and then every retention round: remove what a crash left behind.
+    Data sets cut off mid-way in ``incoming`` of this host's processes that are gone,
+    and spool files with no index row (moved in, then the process died before the
+    commit: never answered Success, so the sender sends them again). Only files older
+    than ``min_age`` count as orphans: another receiving process, or another node
+    sharing the storage, may be between its move and its commit right now (0 is safe
+    only before any receiving process of a node alone on its index has started)."""
+    now = time.time() if now is None else now
     partial = spool.sweep_incoming(_alive)
-    orphans = index.unindexed(spool.instance_files())
+    orphans = index.unindexed(spool.instance_files(older_than=now - min_age))
     for rel in orphans:
         spool.remove(rel)
     if partial or orphans:

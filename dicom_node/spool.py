@@ -22,6 +22,7 @@ import errno
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,17 +113,19 @@ class Spool:
         return f"spool/{study}/{series}/{sop}.dcm"
 
     def incoming(self, pid: int) -> Path:
-        """The folder where process ``pid`` receives data sets before they are placed."""
-        path = self.root / "incoming" / str(int(pid))
+        """The folder where process ``pid`` of this host receives data sets before they
+        are placed (``incoming/<host>.<pid>``: node hosts may share ``storage.dir``)."""
+        path = self.root / "incoming" / f"{_host()}.{int(pid)}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def sweep_incoming(self, alive: Callable[[int], bool]) -> int:
-        """Remove what receiving processes that are gone left behind (a crash
-        mid-data-set); returns how many files."""
+        """Remove what receiving processes of this host that are gone left behind (a
+        crash mid-data-set); returns how many files. Other hosts' folders are theirs."""
         removed = 0
-        for folder in (self.root / "incoming").glob("[0-9]*"):
-            if not folder.name.isdigit() or alive(int(folder.name)):
+        for folder in (self.root / "incoming").glob(f"{_host()}.*"):
+            pid = folder.name.rpartition(".")[2]
+            if not pid.isdigit() or alive(int(pid)):
                 continue
             removed += sum(1 for p in folder.iterdir() if p.is_file())
             shutil.rmtree(folder, ignore_errors=True)
@@ -154,8 +157,9 @@ class Spool:
             os.replace(received, target)
         fsync_dir(target.parent)
 
-    def instance_files(self) -> Iterator[str]:
-        """Relative paths of every file in the spool (for reconciling with the index)."""
+    def instance_files(self, older_than: float | None = None) -> Iterator[str]:
+        """Relative paths of the files in the spool (for reconciling with the index);
+        with ``older_than``, only those last written before that time."""
         spool = self.root / "spool"
         for study in os.scandir(spool):
             if not study.is_dir():
@@ -164,7 +168,8 @@ class Spool:
                 if not series.is_dir():
                     continue
                 for entry in os.scandir(series.path):
-                    yield f"spool/{study.name}/{series.name}/{entry.name}"
+                    if older_than is None or entry.stat().st_mtime < older_than:
+                        yield f"spool/{study.name}/{series.name}/{entry.name}"
 
     def store_instance(self, study: str, series: str, sop: str, data: bytes) -> str:
         """Write one received instance durably; returns its path relative to the root."""
@@ -213,6 +218,10 @@ class Spool:
         if match is None:
             raise UnsafeUid(f"outbox path {relpath!r} is not outbox/<job>/<file>")
         return self.outbox_entry(int(match.group(1)), match.group(2))
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
 
 
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")

@@ -59,7 +59,8 @@ class CeleryBackend:
         ones (their jobs fail with the manifest's error), and code pipelines."""
         from pipelines.registry import discover
 
-        return discover(settings.models).names() | set(self.pipelines)
+        # Names only: the workers verify each model's checksum when they load it.
+        return discover(settings.models, verify=False).names() | set(self.pipelines)
 
     def list_models(self, settings: Settings) -> int:
         from workers.catalog import list_models

@@ -15,6 +15,7 @@ import pydicom
 import pytest
 import yaml
 
+from tests.support.compressed import SYNTAXES, convert
 from tests.support.ct_series import SENTINEL_PATIENT, SeriesOptions, write_ct_series
 from tests.support.peers import NodeProcess, Orthanc, Redis, Storescp, storescu
 from tests.support.phantom import make_chest_phantom
@@ -70,17 +71,25 @@ def assert_valid(paths: list[Path]) -> None:
         assert errors == [], (path.name, errors)
 
 
-def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(tmp_path, phantom):
+@pytest.mark.parametrize("syntax", [None, SYNTAXES[7]], ids=["uncompressed", "jpeg-ls-lossless"])
+def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(tmp_path, phantom, syntax):
+    """``syntax``: the PACS holds the study compressed and, like many, never
+    transcodes: the node receives it as it is and the pipeline decodes it."""
     archive = Orthanc(tmp_path / "orthanc")
     node = NodeProcess(tmp_path / "node", {})
-    archive.start(modalities={"node": ["DICOM-NODE", "127.0.0.1", node.port]})
+    modality = {"AET": "DICOM-NODE", "Host": "127.0.0.1", "Port": node.port,
+                "AllowTranscoding": False}  # fmt: skip
+    archive.start(modalities={"node": modality})
     try:
         node.config = shipped_config(archive.aet, archive.dicom_port)
         node.start()
         series = write_ct_series(
             tmp_path / "ct", phantom.hu, SeriesOptions(spacing=phantom.spacing)
         )
-        uploaded = [archive.upload(p) for p in series.paths]
+        files = series.paths
+        if syntax is not None:
+            files = [convert(syntax, p, tmp_path / "stored" / p.name) for p in series.paths]
+        uploaded = [archive.upload(p) for p in files]
         archive.push("node", uploaded[0]["ParentStudy"])
 
         def results() -> dict[str, str] | None:

@@ -237,7 +237,7 @@ def test_several_receiving_processes_share_the_port_and_one_index(tmp_path):
     ).start()
     try:
         incoming = proc.folder / "var" / "incoming"
-        wait_for(lambda: len(list(incoming.glob("[0-9]*"))) == 2, 30, "both receiving processes")
+        wait_for(lambda: len(list(incoming.glob("*.[0-9]*"))) == 2, 30, "both receiving processes")
         pushes = [
             subprocess.Popen(
                 ["storescu", "-aet", f"PACS{i}", "-aec", "DICOM-NODE", "127.0.0.1",
