@@ -10,8 +10,9 @@ in the exception text.
 (the patient group 0010, the study, visit and physician attributes below, and
 the items of their sequences) and empties every value that its VR does not
 allow. A valid value is copied into the results as it is; an invalid one is
-left out (an empty value, since most are Type 2). It returns the attributes it
-emptied by tag and keyword, never their values.
+left out (an empty value, since most are Type 2). The Type 2 patient and study
+attributes a result must hold are added empty where a source lacks them. It
+returns the attributes it emptied by tag and keyword, never their values.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ STUDY_KEYWORDS = frozenset({
     "RequestingPhysician", "AdmittingDiagnosesDescription", "ReasonForTheRequestedProcedure",
 })  # fmt: skip
 DEMOGRAPHIC_GROUPS = frozenset({0x0010, 0x0032, 0x0038})
+# Type 2 attributes of the Patient and General Study modules: a result must hold
+# them, empty if unknown, so a source that lacks one gets it empty (not a failure).
+TYPE2_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                  "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")  # fmt: skip
 _TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}
 # Control characters: the text VRs (LT, ST, UT, UC) allow TAB, LF, FF and CR; ESC is
 # allowed only where SpecificCharacterSet declares ISO 2022 code extensions.
@@ -99,6 +104,9 @@ def clean_headers(datasets: Iterable[Dataset]) -> list[str]:
     for ds in datasets:
         iso2022 = "ISO 2022" in str(ds.get("SpecificCharacterSet", ""))
         _clean(ds, found, 0, False, iso2022)
+        for keyword in TYPE2_KEYWORDS:
+            if keyword not in ds:
+                setattr(ds, keyword, None)
     return sorted(found)
 
 

@@ -170,3 +170,24 @@ def test_malformed_demographics_are_left_out_and_never_fail_the_job(tmp_path, ca
         path = folder.result(1, name)
         errors = errors_in_seg(path) if result.Modality == "SEG" else errors_in_sr(path)
         assert errors == [], errors
+
+
+def test_a_source_without_patient_and_study_type2_attributes_still_gets_results(tmp_path, cache):
+    req = request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2))
+    for path in req.inputs:
+        ds = pydicom.dcmread(tmp_path / path)
+        for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+                        "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+                        "ReferringPhysicianName"):  # fmt: skip
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(tmp_path / path)
+    outcome = execute(req, settings(tmp_path), cache)
+    assert outcome is not None and outcome.status == "done", outcome
+    folder = Spool(tmp_path).job_folder(7)
+    for name in outcome.outputs:
+        path = folder.result(1, name)
+        result = pydicom.dcmread(path)
+        assert result.PatientID == "" and str(result.PatientName) == ""
+        errors = errors_in_seg(path) if result.Modality == "SEG" else errors_in_sr(path)
+        assert errors == [], errors
