@@ -10,9 +10,10 @@ small chest CT studies (24 slices of 192x192) sent by ``storescu``.
   2 intra-op threads, ``workers.intra_op_threads``) and by 2 worker processes (1
   thread each), after warm-up studies that load every process's model; studies
   per minute from the first job's creation to the last result at the archive.
-- latency: enqueue → start of a job (from the job table) for an urgent and a
-  normal study on an idle worker, and for an urgent study sent behind a backlog
-  of N normal ones.
+- latency: enqueue → start of a job (from the job table: the start is when the
+  node saw the job running, or saw it ended if it ran between two looks, 0.5 s
+  apart) for an urgent and a normal study on an idle worker, and for an urgent
+  study sent behind a backlog of N normal ones.
 - database: the node's tables in SQLite and in PostgreSQL (a fresh database on
   the machine's server): ingest rate of N×24 instances with no rules, and the
   node-side overhead per job with N queued studies (``bench/overhead.py``'s

@@ -186,9 +186,12 @@ class Dispatcher:
                 raise UnreadableResult("the worker reported done but wrote no result file")
             self.outbox.add(job.id, [e.relpath for e in entries], job.destinations, now)
         state = JobState(outcome.status)
+        # A job that ran between two looks was never seen running: its start is when
+        # the node first saw it (node clock; the worker's clock is never compared).
         moved = self.jobs.move(job.id, Move.FINISH, now, to=state, reason=outcome.reason,
                                attempts=attempts, timings=outcome.timings,
-                               summary=outcome.summary, finished_at=now)  # fmt: skip
+                               summary=outcome.summary, finished_at=now,
+                               started_at=job.started_at or now)  # fmt: skip
         folder.remove()
         if not moved:
             return
