@@ -158,18 +158,14 @@ def latency(studies: int) -> None:
                 job = wait_for(done, 120, label)[0]
                 print(f"{label:12s}: {job['started_at'] - job['enqueued_at']:5.2f} s")
             first = max(j["id"] for j in site.jobs())
-            site.send([p for _ in range(studies) for p in site.series("normal backlog")])
-
-            def backlog() -> bool:  # every backlog job made, and a good part still waiting
-                jobs = [j for j in site.jobs() if j["id"] > first]
-                waiting = [j for j in jobs if j["state"] == "queued" and j["enqueued_at"]]
-                return len(jobs) >= studies and len(waiting) >= min(5, studies // 2)
-
-            wait_for(backlog, 120, "the backlog to be queued", poll=0.05)
-            site.send(site.series("URGENT behind backlog"))
+            # One push: the backlog, then the urgent study last. Each study is routed
+            # when it has been quiet for 1 s, so the urgent one is enqueued behind the
+            # whole backlog, about a second after it.
+            backlog = [p for _ in range(studies) for p in site.series("normal backlog")]
+            site.send(backlog + site.series("URGENT behind backlog"))
             jobs = site.wait_done(first + studies + 1, results=False)
-            urgent = max(jobs, key=lambda j: j["id"])
-            normal = [j for j in jobs if first < j["id"] < urgent["id"]]
+            [urgent] = [j for j in jobs if j["id"] > first and j["lane"] == "urgent"]
+            normal = [j for j in jobs if j["id"] > first and j["lane"] == "normal"]
             waits = sorted(j["started_at"] - j["enqueued_at"] for j in normal)
             ahead = sum(j["started_at"] > urgent["started_at"] for j in normal)
             print(f"urgent behind backlog: {urgent['started_at'] - urgent['enqueued_at']:5.2f} s"
