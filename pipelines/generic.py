@@ -16,17 +16,19 @@ A stage the manifest cannot describe may be a named code hook
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from pipelines.base import PipelineFailed, PipelineSpec, ResultUids, SeriesNotUsable, Volume
-from pipelines.manifest import Manifest, Preprocessing
+from pipelines.manifest import Manifest, Postprocessing, Preprocessing
 from pipelines.postprocess import SegmentMeasures, clean, measure, to_labels
 from pipelines.results import build_seg, build_sr, contribute, finding_groups, segment_groups
 from pipelines.transform import (
@@ -87,6 +89,36 @@ class ManifestPipeline:
             outputs=("seg", "sr") if kind == "segmentation" else ("sr",),
             description=manifest.description,
         )
+
+    def with_parameters(self, parameters: Mapping[str, Any]) -> ManifestPipeline:
+        """This pipeline with a routing rule's run ``parameters`` over its manifest's
+        ``outputs.postprocessing`` (threshold, method, largest_component, min_size_ml,
+        fill_holes). A name it does not have or a value out of range raises
+        ``PipelineFailed`` naming the parameter (the values come from the rules, not
+        from a data set)."""
+        name = self.manifest.name
+        if not parameters:
+            return self
+        if "infer" in self._hooks:
+            raise PipelineFailed(f"pipeline {name} takes no run parameters (its inference is code)")
+        known = sorted(Postprocessing.model_fields)
+        unknown = sorted(set(parameters) - set(known))
+        if unknown:
+            raise PipelineFailed(f"run parameter {unknown[0]!r} is not a setting of pipeline"
+                                 f" {name}; it takes: {', '.join(known)}")  # fmt: skip
+        current = self.manifest.outputs.postprocessing.model_dump()
+        try:
+            post = Postprocessing.model_validate({**current, **parameters})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise PipelineFailed(
+                f"run parameter {where} of pipeline {name}: {first['msg']}"
+            ) from None
+        outputs = self.manifest.outputs.model_copy(update={"postprocessing": post})
+        configured = copy.copy(self)
+        configured.manifest = self.manifest.model_copy(update={"outputs": outputs})
+        return configured
 
     def load_model(self) -> Any:
         from pipelines.model import Model  # TensorFlow comes with it

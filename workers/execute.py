@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import io
+import json
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from pydicom.dataset import Dataset
@@ -182,6 +184,17 @@ def _lookup(name: str, extra: PipelineFactories, models: ModelCache) -> Pipeline
     return models.catalog.get(name)
 
 
+def _configure(pipeline: Pipeline, parameters: dict[str, Any]) -> Pipeline:
+    """The pipeline with a rule's run parameters applied (``PipelineFailed`` if it
+    takes none, or not these)."""
+    if not parameters:
+        return pipeline
+    configure = getattr(pipeline, "with_parameters", None)
+    if configure is None:
+        raise PipelineFailed(f"pipeline {pipeline.spec.name} takes no run parameters")
+    return configure(parameters)  # type: ignore[no-any-return]
+
+
 def _run(
     request: JobRequest,
     spool: Spool,
@@ -201,10 +214,18 @@ def _run(
         return ended("failed", f"the manifest of pipeline {request.pipeline!r} was refused: {exc}")
     except UnsafeUid as exc:
         return ended("failed", str(exc))
+    try:
+        pipeline = _configure(pipeline, request.parameters)
+    except PipelineFailed as exc:
+        return ended("failed", str(exc))
+    # Other parameters, other results: they get UIDs of their own.
+    version = pipeline.spec.version
+    if request.parameters:
+        version += " " + json.dumps(request.parameters, sort_keys=True)
     uids = DerivedUids(
         [Path(p).stem for p in request.inputs],
         pipeline.spec.name,
-        pipeline.spec.version,
+        version,
         prefix=request.uid_root,
     )
     try:

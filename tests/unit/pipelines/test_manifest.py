@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.base import PipelineFailed
 from pipelines.manifest import ChecksumMismatch, ManifestError, model_checksum, read_manifest
 from pipelines.registry import BUILTIN, builtin_folder, discover
 
@@ -116,3 +117,18 @@ def test_an_unknown_hook_is_refused(tmp_path: Path) -> None:
     )
     catalog = discover([folder])
     assert "unknown hook(s) os.system" in catalog.refused["brain-hooked"]
+
+
+def test_run_parameters_set_a_manifest_pipelines_post_processing() -> None:
+    catalog = discover()
+    brain = catalog.get("brain-t1")
+    tuned = brain.with_parameters({"threshold": 0.8, "largest_component": True})  # type: ignore[attr-defined]
+    post = tuned.manifest.outputs.postprocessing
+    assert (post.threshold, post.largest_component) == (0.8, True)
+    assert brain.manifest.outputs.postprocessing.threshold == 0.5, "the catalog's stays"  # type: ignore[attr-defined]
+    with pytest.raises(PipelineFailed, match="'thresh' is not a setting of pipeline brain-t1"):
+        brain.with_parameters({"thresh": 0.8})  # type: ignore[attr-defined]
+    with pytest.raises(PipelineFailed, match="run parameter threshold of pipeline brain-t1"):
+        brain.with_parameters({"threshold": 7})  # type: ignore[attr-defined]
+    with pytest.raises(PipelineFailed, match="lung-ct takes no run parameters"):
+        catalog.get("lung-ct").with_parameters({"threshold": 0.8})  # type: ignore[attr-defined]

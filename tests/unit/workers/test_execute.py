@@ -191,3 +191,11 @@ def test_a_source_without_patient_and_study_type2_attributes_still_gets_results(
         assert result.PatientID == "" and str(result.PatientName) == ""
         errors = errors_in_seg(path) if result.Modality == "SEG" else errors_in_sr(path)
         assert errors == [], errors
+
+
+def test_run_parameters_a_pipeline_does_not_take_fail_the_job_with_a_reason(tmp_path, cache):
+    req = dataclasses.replace(request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2)),
+                              parameters={"threshold": 0.8})  # fmt: skip
+    outcome = execute(req, settings(tmp_path), cache)
+    assert outcome is not None and outcome.status == "failed"
+    assert outcome.reason == "pipeline lung-ct takes no run parameters (its inference is code)"
