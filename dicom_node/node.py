@@ -255,12 +255,12 @@ class Node:
             try:
                 if self.receivers is not None:  # a standby node receives too
                     self.receivers.check()
+                if self.workers is not None:  # and keeps its embedded worker alive
+                    self.workers.check()
                 if not self._lead():
                     self._tick.wait(LOOK_SECONDS)
                     continue
                 self.dispatcher.tick()
-                if self.workers is not None:
-                    self.workers.check()
                 if time.time() - last_purge > 600:
                     last_purge = time.time()
                     purge_sources(self.index, self.spool, self.settings.storage, last_purge)
