@@ -106,12 +106,7 @@ class Site:
         return wait_for(check, timeout, f"the job of study {study_uid} to end", poll=0.5)
 
     def results(self, study_uid: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for instance in self.archive.instances_of_study(study_uid):
-            tags = self.archive.get(f"/instances/{instance['ID']}/simplified-tags")
-            if tags.get("Modality") in ("SEG", "SR"):
-                counts[tags["Modality"]] = counts.get(tags["Modality"], 0) + 1
-        return counts
+        return self.archive.result_counts(study_uid)
 
     def one_seg_and_sr(self, study_uid: str, timeout: float = 60) -> None:
         wait_for(lambda: self.results(study_uid) == {"SEG": 1, "SR": 1}, timeout,

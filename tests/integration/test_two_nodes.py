@@ -35,12 +35,7 @@ class Pair:
     archive: Orthanc
 
     def results(self, study_uid: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for instance in self.archive.instances_of_study(study_uid):
-            tags = self.archive.get(f"/instances/{instance['ID']}/simplified-tags")
-            if tags.get("Modality") in ("SEG", "SR"):
-                counts[tags["Modality"]] = counts.get(tags["Modality"], 0) + 1
-        return counts
+        return self.archive.result_counts(study_uid)
 
     def one_seg_and_sr(self, study_uid: str) -> None:
         wait_for(lambda: self.results(study_uid) == {"SEG": 1, "SR": 1}, 180,

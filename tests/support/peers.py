@@ -172,6 +172,15 @@ class Orthanc(_Process):
         ).encode()
         return list(self.request("POST", "/tools/find", body))
 
+    def result_counts(self, study_uid: str) -> dict[str, int]:
+        """How many SEG and SR instances the study holds, by modality."""
+        counts: dict[str, int] = {}
+        for instance in self.instances_of_study(study_uid):
+            tags = self.get(f"/instances/{instance['ID']}/simplified-tags")
+            if tags.get("Modality") in ("SEG", "SR"):
+                counts[tags["Modality"]] = counts.get(tags["Modality"], 0) + 1
+        return counts
+
     def file(self, instance_id: str) -> bytes:
         return bytes(self.request("GET", f"/instances/{instance_id}/file"))
 
