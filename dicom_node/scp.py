@@ -1,7 +1,13 @@
 """The Storage and Verification SCP: receive, store durably, then answer.
 
+Two engines receive (``receive.engine``): ``native``, the node's own upper layer
+(``dicom_node.ul``), and ``pynetdicom``, the fallback whose handlers live here.
+Both hand ``Receiver`` plain values (the received file, its transfer syntax, the
+requested SOP Instance UID, the ``Origin``) and answer the ``Outcome`` it returns.
+
 Each data set is received straight to a file in ``storage.dir/incoming/<pid>``
-(pynetdicom's chunked receive), never held whole in memory. Its header is read
+(the native engine's streaming, or pynetdicom's chunked receive), never held
+whole in memory. Its header is read
 from that file (``dicom_node.header``: UIDs, routing keys, structure checks;
 pixels are never decoded); the file is fsync'ed, renamed into the spool and
 indexed in one index transaction, and only then answered Success (0x0000).
