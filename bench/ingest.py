@@ -1,7 +1,7 @@
 """Ingest rate of the node against dcmtk ``storescp +B``, side by side in one run.
 
     .venv/bin/python bench/ingest.py [--instances 1000] [--processes 2] [--rss-push 10000]
-        [--jpeg-ls]
+        [--jpeg-ls] [--engine native|pynetdicom]
 
 1. Makes ``--instances`` CT instances (512×512, 16-bit, explicit VR little endian,
    one series) in a temporary folder.
@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,8 @@ def main() -> int:
     ap.add_argument("--rss-push", type=int, default=0)
     ap.add_argument("--jpeg-ls", action="store_true")
     ap.add_argument("--tree", type=Path, default=REPO, help="checkout whose node runs")
+    ap.add_argument("--engine", choices=["native", "pynetdicom"], default="native",
+                    help="receive.engine of the node (left out with --processes 0)")  # fmt: skip
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
@@ -131,7 +134,11 @@ def main() -> int:
             work / "node",
             {
                 # --processes 0: no receive section (a checkout from before it existed)
-                **({"receive": {"processes": args.processes}} if args.processes else {}),
+                **(
+                    {"receive": {"processes": args.processes, "engine": args.engine}}
+                    if args.processes
+                    else {}
+                ),  # fmt: skip
                 "storage": {"dir": "var", "retention_hours": 0},
                 "rules": [],
             },
@@ -139,7 +146,8 @@ def main() -> int:
         ).start()
         try:
             print(f"{args.instances} CT instances 512x512 16-bit; node receive.processes="
-                  f"{args.processes}")  # fmt: skip
+                  f"{args.processes}, engine {args.engine}; load average"
+                  f" {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
             print(f"{'input':<18} {'assocs':>6} {'storescp/s':>11} {'node/s':>8} {'ratio':>6}")
             for name, (files, propose) in sets.items():
                 for assocs in (1, 4):
@@ -150,6 +158,7 @@ def main() -> int:
                     rate_ref, rate = len(files) / ref, len(files) / got
                     print(f"{name:<18} {assocs:>6} {rate_ref:>11.0f} {rate:>8.0f}"
                           f" {rate / rate_ref:>6.2f}", flush=True)  # fmt: skip
+            print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             if args.rss_push:
                 assert node.proc is not None
                 samples: list[int] = []

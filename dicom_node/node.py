@@ -21,7 +21,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from dicom_node import audit, scu
 from dicom_node.dispatch import Dispatcher, Enqueue
@@ -31,13 +31,10 @@ from dicom_node.leader import LOOK_SECONDS, lease_for
 from dicom_node.outbox import Outbox, Sender
 from dicom_node.receivers import ReceiverProcesses
 from dicom_node.retention import purge_sources
-from dicom_node.scp import ORPHAN_AGE, Receiver, reconcile_spool, start_servers
+from dicom_node.scp import ORPHAN_AGE, Receiver, Server, reconcile_spool, start_servers
 from dicom_node.settings import ConfigError, Settings, check_pipeline_names, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import open_database
-
-if TYPE_CHECKING:
-    from pynetdicom.transport import ThreadedAssociationServer
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +196,9 @@ class Node:
             else None
         )
         self._threads: list[threading.Thread] = []
-        self.server: ThreadedAssociationServer | None = None
+        self.server: Server | None = None
         self.receivers: ReceiverProcesses | None = None
-        self.tls_server: ThreadedAssociationServer | None = None
+        self.tls_server: Server | None = None
 
     def start(self) -> tuple[str, int]:
         # Alone on a SQLite index and not yet receiving: every unindexed file is an orphan.

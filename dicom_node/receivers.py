@@ -1,7 +1,7 @@
 """Extra receiving processes: several full SCPs sharing the node's port.
 
-One Python process receives at pynetdicom's per-association ceiling (see
-docs/benchmarks.md); with ``receive.processes: N`` the node process runs one SCP
+One Python process receives on at most about one core (see docs/benchmarks.md);
+with ``receive.processes: N`` the node process runs one SCP
 and starts N-1 more processes of this module, all bound to the same port with
 SO_REUSEPORT (the kernel spreads new connections over them). Each is a complete
 SCP on the one spool and index: the index's write lock is shared between

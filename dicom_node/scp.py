@@ -1,7 +1,13 @@
 """The Storage and Verification SCP: receive, store durably, then answer.
 
+Two engines receive (``receive.engine``): ``native``, the node's own upper layer
+(``dicom_node.ul``), and ``pynetdicom``, the fallback whose handlers live here.
+Both hand ``Receiver`` plain values (the received file, its transfer syntax, the
+requested SOP Instance UID, the ``Origin``) and answer the ``Outcome`` it returns.
+
 Each data set is received straight to a file in ``storage.dir/incoming/<pid>``
-(pynetdicom's chunked receive), never held whole in memory. Its header is read
+(the native engine's streaming, or pynetdicom's chunked receive), never held
+whole in memory. Its header is read
 from that file (``dicom_node.header``: UIDs, routing keys, structure checks;
 pixels are never decoded); the file is fsync'ed, renamed into the spool and
 indexed in one index transaction, and only then answered Success (0x0000).
@@ -37,8 +43,9 @@ import tempfile
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
@@ -66,6 +73,34 @@ def _status(code: int, comment: str) -> Dataset:
     ds.Status = code
     ds.ErrorComment = comment[:64]  # LO: at most 64 characters
     return ds
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who sent an association: what the storing logic needs of it, engine-neutral."""
+
+    calling_ae: str
+    called_ae: str
+    address: str
+    port: int = 0
+
+    def context(self) -> dict[str, str]:
+        """Receive-time facts rules may test: who sent it, to which AE, from where."""
+        return {"calling_ae": self.calling_ae, "called_ae": self.called_ae,
+                "peer_address": self.address}  # fmt: skip
+
+    def log(self) -> dict[str, str]:
+        """The ``extra`` of a log line about this peer (AE and address only)."""
+        return {"peer": f"{self.calling_ae}@{self.address}:{self.port}"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to one C-STORE: status, ErrorComment, and the series it filled."""
+
+    status: int
+    comment: str = ""
+    series_uid: str | None = None
 
 
 class _Discard:
@@ -116,20 +151,27 @@ class Receiver:
         self._received: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     # -- association control ---------------------------------------------------
+    def open_association(self, origin: Origin) -> Slot | Rejection:
+        """Admit a requestor (``peers.admit``) and hold a slot for it, or say how to
+        reject it (logged with the AE and address)."""
+        rejection = admit(self.node, self.receive, origin.calling_ae, origin.called_ae,
+                          origin.address)  # fmt: skip
+        if rejection is None:
+            slot = self.slots.acquire(origin.calling_ae, origin.address)
+            if slot is not None:
+                return slot
+            rejection = Rejection(*LOCAL_LIMIT_EXCEEDED, why="association limit reached")
+        logger.warning("association rejected (%s)", rejection.why, extra=origin.log())
+        return rejection
+
     def handle_requested(self, event: Any) -> None:
         assoc = event.assoc
         rq = assoc.requestor.primitive
-        calling = _ae(rq.calling_ae_title)
-        address = str(assoc.requestor.address)
-        rejection = admit(self.node, self.receive, calling, _ae(rq.called_ae_title), address)
-        slot = None
-        if rejection is None:
-            slot = self.slots.acquire(calling, address)
-            if slot is None:
-                rejection = Rejection(*LOCAL_LIMIT_EXCEEDED, why="association limit reached")
-        if rejection is not None:
-            logger.warning("association rejected (%s)", rejection.why, extra=_peer(event))
-            assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+        origin = Origin(_ae(rq.calling_ae_title), _ae(rq.called_ae_title),
+                        str(assoc.requestor.address), int(assoc.requestor.port))  # fmt: skip
+        slot = self.open_association(origin)
+        if isinstance(slot, Rejection):
+            assoc.acse.send_reject(slot.result, slot.source, slot.reason)
             assoc.kill()  # waits until the A-ASSOCIATE-RJ is sent, as pynetdicom's own rejections
             return
         _prefer_requestor_order(assoc)
@@ -164,54 +206,68 @@ class Receiver:
                    if not i.presentation_data_value[0] & 1)  # fmt: skip
         before = self._received.get(message, 0)
         self._received[message] = before + size
-        refusal = None
-        if before == 0 and self.spool.free_bytes() < self.min_free_bytes:
-            logger.error("spool disk is full; refusing instances (storage.min_free_mb)")
-            refusal = (0xA700, "out of resources: node storage is full")
-        elif before + size > self.max_instance:
-            logger.warning("refused an instance larger than receive.max_instance_mb",
-                           extra=_peer(event))  # fmt: skip
-            refusal = (0xA700, "instance larger than receive.max_instance_mb")
+        refusal = self.check_arriving(before, size, _origin(event))
         if refusal is not None:
             sink.close()
             os.truncate(sink.name, 0)
-            message._data_set_file = _Discard(sink.name, *refusal)
+            message._data_set_file = _Discard(sink.name, refusal.status, refusal.comment)
+
+    def check_arriving(self, before: int, size: int, origin: Origin) -> Outcome | None:
+        """While a data set arrives (``before`` bytes so far, ``size`` more now): None
+        to keep it, or the failure to answer once the rest has come (and discarded)."""
+        if before == 0 and self.spool.free_bytes() < self.min_free_bytes:
+            logger.error("spool disk is full; refusing instances (storage.min_free_mb)")
+            return Outcome(0xA700, "out of resources: node storage is full")
+        if before + size > self.max_instance:
+            logger.warning("refused an instance larger than receive.max_instance_mb",
+                           extra=origin.log())  # fmt: skip
+            return Outcome(0xA700, "instance larger than receive.max_instance_mb")
+        return None
 
     # -- C-STORE ----------------------------------------------------------------
     def handle_store(self, event: Any) -> Dataset | int:
         received = getattr(event.request, "_dataset_file", None)
-        path = Path(received.name) if received is not None else None
-        try:
-            if isinstance(received, _Discard):
-                status: Dataset | int = _status(received.status, received.comment)
-            elif path is None:
-                status = _status(0xC210, "no data set in the request")
-            else:
-                status = self._store(event, path)
-        except Exception as exc:  # never raise into pynetdicom
-            logger.error("unexpected error while storing an instance: %s", type(exc).__name__)
-            status = _status(0xA700, "internal error while storing; not stored")
-        finally:
-            if path is not None:
-                path.unlink(missing_ok=True)  # a refused data set leaves nothing
-        self._count(event, "stored" if status == 0 else "failed")
-        return status
+        if isinstance(received, _Discard):
+            Path(received.name).unlink(missing_ok=True)
+            outcome = Outcome(received.status, received.comment)
+        elif received is None:
+            outcome = Outcome(0xC210, "no data set in the request")
+        else:
+            syntax = str(event.context.transfer_syntax)
+            sop_uid = str(event.request.AffectedSOPInstanceUID)
+            outcome = self.store(Path(received.name), syntax, sop_uid, _origin(event))
+        if outcome.series_uid is not None:
+            with self._lock:
+                self.series_by_assoc.setdefault(id(event.assoc), set()).add(outcome.series_uid)
+        self._count(event, "stored" if outcome.status == 0 else "failed")
+        return 0x0000 if outcome.status == 0 else _status(outcome.status, outcome.comment)
 
-    def _store(self, event: Any, path: Path) -> Dataset | int:
-        request = event.request
+    def store(self, path: Path, transfer_syntax: str, sop_uid: str, origin: Origin) -> Outcome:
+        """Store the received file ``path`` (File Meta, then the data set as sent):
+        check, fsync, place, index; the Outcome to answer. ``path`` is gone after
+        (placed into the spool, or removed). Never raises."""
         try:
-            header, ds = read_header(path, str(event.context.transfer_syntax), self.max_inflated)
-            facts = instance_facts(ds, _context(event))
+            return self._store(path, transfer_syntax, sop_uid.strip("\0 "), origin)
+        except Exception as exc:  # never raise into the engine
+            logger.error("unexpected error while storing an instance: %s", type(exc).__name__)
+            return Outcome(0xA700, "internal error while storing; not stored")
+        finally:
+            path.unlink(missing_ok=True)  # a refused data set leaves nothing
+
+    def _store(self, path: Path, transfer_syntax: str, sop_uid: str, origin: Origin) -> Outcome:
+        try:
+            header, ds = read_header(path, transfer_syntax, self.max_inflated)
+            facts = instance_facts(ds, origin.context())
         except BadInstance as exc:
-            logger.warning("refused an instance: %s", exc.comment, extra=_peer(event))
-            return _status(exc.status, exc.comment)
+            logger.warning("refused an instance: %s", exc.comment, extra=origin.log())
+            return Outcome(exc.status, exc.comment)
         if header.sop_class_uid not in STORAGE_SOP_CLASSES:
-            return _status(0x0122, f"SOP class {header.sop_class_uid[:40]} not supported")
-        if header.sop_uid != str(request.AffectedSOPInstanceUID).strip("\0 "):
-            return _status(0xA900, "(0008,0018) SOPInstanceUID differs from the request")
+            return Outcome(0x0122, f"SOP class {header.sop_class_uid[:40]} not supported")
+        if header.sop_uid != sop_uid:
+            return Outcome(0xA900, "(0008,0018) SOPInstanceUID differs from the request")
         if self.spool.free_bytes() < self.min_free_bytes:
             logger.error("spool disk is full; refusing instances (storage.min_free_mb)")
-            return _status(0xA700, "out of resources: node storage is full")
+            return Outcome(0xA700, "out of resources: node storage is full")
         rel = self.spool.instance_relpath(header.study_uid, header.series_uid, header.sop_uid)
         record = InstanceRecord(
             study_uid=header.study_uid,
@@ -234,12 +290,10 @@ class Receiver:
             )
         except OSError as exc:
             logger.error("could not write an instance to the spool: %s", exc.strerror)
-            return _status(0xA700, "out of resources: could not write to storage")
+            return Outcome(0xA700, "out of resources: could not write to storage")
         logger.debug("stored %s (%s)", header.sop_uid, "new" if new else "duplicate",
-                     extra=_peer(event))  # fmt: skip
-        with self._lock:
-            self.series_by_assoc.setdefault(id(event.assoc), set()).add(header.series_uid)
-        return 0x0000
+                     extra=origin.log())  # fmt: skip
+        return Outcome(0x0000, series_uid=header.series_uid)
 
     def _count(self, event: Any, key: str) -> None:
         with self._lock:
@@ -250,21 +304,24 @@ class Receiver:
         return 0x0000
 
     def handle_accepted(self, event: Any) -> None:
-        logger.info("association accepted", extra=_peer(event))
+        logger.info("association accepted", extra=_origin(event).log())
 
     def handle_closed(self, event: Any) -> None:
         with self._lock:
-            counts = self.counts.pop(id(event.assoc), None)
+            counts = self.counts.pop(id(event.assoc), None) or {"stored": 0, "failed": 0}
             series = self.series_by_assoc.pop(id(event.assoc), set())
-        if series and event.event == evt.EVT_RELEASED:  # an abort completes nothing
+        self.association_ended(_origin(event), counts["stored"], counts["failed"], series,
+                               released=event.event == evt.EVT_RELEASED)  # fmt: skip
+
+    def association_ended(
+        self, origin: Origin, stored: int, failed: int, series: set[str], released: bool
+    ) -> None:
+        """Series of a released association are complete (an abort completes nothing)."""
+        if series and released:
             self.index.mark_released(sorted(series))
-        if counts:
-            logger.info(
-                "association ended: %d stored, %d failed",
-                counts["stored"],
-                counts["failed"],
-                extra=_peer(event),
-            )
+        if stored or failed:
+            logger.info("association ended: %d stored, %d failed", stored, failed,
+                        extra=origin.log())  # fmt: skip
 
     def handlers(self) -> list[Any]:
         return [
@@ -308,25 +365,13 @@ def _ae(value: object) -> str:
     return text.strip()
 
 
-def _context(event: Any) -> dict[str, str]:
-    """Receive-time facts rules may test: who sent it, to which AE title, from where."""
+def _origin(event: Any) -> Origin:
     try:
         assoc = event.assoc
-        return {
-            "calling_ae": _ae(assoc.requestor.ae_title),
-            "called_ae": _ae(assoc.acceptor.ae_title),
-            "peer_address": str(assoc.requestor.address),
-        }
-    except AttributeError:
-        return {}
-
-
-def _peer(event: Any) -> dict[str, str]:
-    try:
-        req = event.assoc.requestor
-        return {"peer": f"{_ae(req.ae_title)}@{req.address}:{req.port}"}
-    except Exception:
-        return {}
+        return Origin(_ae(assoc.requestor.ae_title), _ae(assoc.acceptor.ae_title),
+                      str(assoc.requestor.address), int(assoc.requestor.port))  # fmt: skip
+    except (AttributeError, TypeError, ValueError):
+        return Origin("", "", "")
 
 
 class _BoundedSocket(AssociationSocket):
@@ -393,16 +438,25 @@ def make_ae(node: NodeSettings, receive: ReceiveSettings) -> AE:
     return ae
 
 
+class Server(Protocol):
+    """A listener of either engine: where it listens, and how to stop it."""
+
+    @property
+    def server_address(self) -> Any: ...
+
+    def shutdown(self) -> None: ...
+
+
 def start_servers(
     settings: NodeSettings,
     receiver: Receiver,
     port: int | None = None,
     tls_port: int | None = None,
-) -> list[ThreadedAssociationServer]:
+) -> list[Server]:
     """The plain listener on ``node.port`` (unless ``node.tls.only``) and the TLS
     listener on ``node.tls.port`` (when ``node.tls``), in that order. ``port`` and
     ``tls_port`` override the configured ports (port 0 picks a free port)."""
-    servers = []
+    servers: list[Server] = []
     tls = settings.tls
     if tls is None or not tls.only:
         servers.append(start_server(settings, receiver, port=port))
@@ -420,10 +474,16 @@ def start_server(
     receive: ReceiveSettings | None = None,
     port: int | None = None,
     ssl_context: ssl.SSLContext | None = None,
-) -> ThreadedAssociationServer:
+) -> Server:
     """Listen on ``node.host:node.port`` (port 0 picks a free port), sharing the
-    port with other receiving processes of the node."""
+    port with other receiving processes of the node; ``receive.engine`` says whose
+    upper layer receives (``dicom_node.ul`` or pynetdicom)."""
     receive = receive or receiver.receive
+    if receive.engine == "native":
+        from dicom_node.ul.server import Listener
+
+        return Listener(settings, receiver, receive,
+                        settings.port if port is None else port, ssl_context)  # fmt: skip
     configure_receiving(receiver.spool)
     ae = make_ae(settings, receive)
     address = (settings.host, settings.port if port is None else port)

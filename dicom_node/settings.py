@@ -131,6 +131,9 @@ class ReceiveSettings(_Section):
     # Receiving processes sharing the port (SO_REUSEPORT), each a full SCP on the
     # one spool and index. 1: the node process receives alone.
     processes: Annotated[int, Field(ge=1, le=64)] = 1
+    # The DICOM upper layer that receives: ``native`` (dicom_node.ul, our own,
+    # several times faster) or ``pynetdicom`` (the fallback; docs/operations.md).
+    engine: Literal["native", "pynetdicom"] = "native"
     max_pdu_bytes: Annotated[int, Field(ge=0, le=2**32 - 1)] = 1048576  # 0: unlimited
     max_instance_mb: Annotated[float, Field(gt=0)] = 2048.0
     max_inflated_mb: Annotated[float, Field(gt=0)] = 2048.0

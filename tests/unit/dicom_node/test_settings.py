@@ -70,3 +70,10 @@ def test_unknown_broker_scheme_is_refused(tmp_path):
 def test_unreadable_yaml_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(write(tmp_path, "node: [unclosed\n"))
+
+
+def test_receive_engine_is_native_by_default_and_a_bad_one_is_named(tmp_path):
+    assert load_settings(write(tmp_path, "rules: []\n")).receive.engine == "native"
+    path = write(tmp_path, "receive:\n  engine: dcmtk\n")
+    with pytest.raises(ConfigError, match=r":2: receive.engine: .*'native' or 'pynetdicom'"):
+        load_settings(path)

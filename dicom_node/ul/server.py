@@ -1,0 +1,111 @@
+"""The native engine's listener: accepts connections on ``node.host:port`` and
+runs each association in a thread of its own (blocking sockets; socket I/O
+releases the GIL). TCP_NODELAY on every accepted socket (a peer that leaves
+Nagle on otherwise waits ~40 ms per response, shared/FACTS.md); TLS sockets are
+wrapped in the association's thread, so a slow handshake holds up no one.
+
+Connections beyond ``node.max_associations`` + ``SPARE`` in flight are closed
+at once: the association slots (``peers.Slots``) reject with a reason, this
+only bounds threads for connections that never send an A-ASSOCIATE-RQ.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import threading
+
+from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION, Receiver
+from dicom_node.settings import NodeSettings, ReceiveSettings
+from dicom_node.ul.acceptor import AcceptorConfig, Association
+
+logger = logging.getLogger(__name__)
+
+SPARE = 32
+
+
+def acceptor_config(receiver: Receiver, receive: ReceiveSettings) -> AcceptorConfig:
+    syntaxes = frozenset(str(ts) for ts in TRANSFER_SYNTAXES)
+    supported = dict.fromkeys(sorted(STORAGE_SOP_CLASSES | {VERIFICATION}), syntaxes)
+    # Largest PDU we read: what we advertise (0: unlimited, so the instance limit) and
+    # 64 KiB of slack for a requestor that counts its framing differently.
+    limit = (receive.max_pdu_bytes or receiver.max_instance) + 2**16
+    return AcceptorConfig(
+        syntaxes=supported,
+        incoming=receiver.spool.incoming(os.getpid()),
+        max_pdu=receive.max_pdu_bytes,
+        limit=limit,
+        acse_timeout=receive.acse_timeout_seconds,
+        dimse_timeout=receive.dimse_timeout_seconds,
+        network_timeout=receive.network_timeout_seconds,
+    )
+
+
+class Listener:
+    """A listening socket and its accept thread; ``shutdown`` stops accepting."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        receiver: Receiver,
+        receive: ReceiveSettings,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.receiver = receiver
+        self.config = acceptor_config(receiver, receive)
+        self.ssl_context = ssl_context
+        self.socket = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if receive.processes > 1:  # only then: a second node on the same port must fail
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.socket.bind((settings.host, port))
+        self.socket.listen(128)
+        self.socket.settimeout(0.5)  # how soon shutdown is noticed
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        self._stop = threading.Event()
+        self._room = threading.BoundedSemaphore(settings.max_associations + SPARE)
+        self._thread = threading.Thread(target=self._accept_loop, name="ul-listener", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, address = self.socket.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if self._stop.is_set():
+                    return
+                logger.error("accept failed (%s)", type(exc).__name__)
+                self._stop.wait(0.1)
+                continue
+            if not self._room.acquire(blocking=False):
+                logger.warning("connection refused: too many connections in flight",
+                               extra={"peer": f"{address[0]}:{address[1]}"})  # fmt: skip
+                conn.close()
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._run, args=(conn, address[:2]), name="ul-association",
+                             daemon=True).start()  # fmt: skip
+
+    def _run(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        try:
+            wrap = None
+            if self.ssl_context is not None:
+                context = self.ssl_context
+
+                def wrap(sock: socket.socket) -> socket.socket:
+                    return context.wrap_socket(sock, server_side=True)
+
+            Association(conn, self.receiver, self.config, address, wrap).run()
+        finally:
+            self._room.release()
+
+    def shutdown(self) -> None:
+        """Stop accepting; associations in progress run to their end."""
+        self._stop.set()
+        self._thread.join()
+        self.socket.close()
