@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,13 +38,19 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from overhead import measure  # noqa: E402
 
+from dicom_node.facts import InstanceFacts  # noqa: E402
+from dicom_node.index import Index, InstanceRecord  # noqa: E402
+from dicom_node.state import open_database  # noqa: E402
 from tests.support import postgres  # noqa: E402
 from tests.support.ct_series import SeriesOptions, write_ct_series  # noqa: E402
-from tests.support.peers import NodeProcess, Redis, Storescp, storescu  # noqa: E402
+from tests.support.peers import DCMTK_ENV, NodeProcess, Redis, Storescp, storescu  # noqa: E402
 from tests.support.phantom import make_chest_phantom  # noqa: E402
 from tests.support.wait import wait_for  # noqa: E402
 
 SPACING = (5.0, 1.2, 1.2)
+ENGINES = ("sqlite", "postgresql")
+ROUNDS = 3  # ingest pushes per engine and association count
+CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def config(archive: Storescp, redis: Redis, database: str | None = None) -> dict[str, Any]:
@@ -176,22 +184,100 @@ def latency(studies: int) -> None:
             site.stop()
 
 
-def database(studies: int) -> None:
-    print("\n## SQLite vs PostgreSQL: ingest (no rules) and node overhead per job")
-    for engine in ("sqlite", "postgresql"):
-        url = postgres.fresh_database() if engine == "postgresql" else None
-        with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
-            site = Site(Path(name), url)
-            site.node.config["rules"] = []
-            site.start(0, 2)
-            try:
-                paths = [p for _ in range(studies) for p in site.series("ingest")]
-                start = time.perf_counter()
-                site.send(paths)
-                rate = len(paths) / (time.perf_counter() - start)
-                print(f"{engine:10s}: ingest {rate:6.1f} instances/s ({len(paths)} instances)")
-            finally:
+def push(port: int, paths: list[Path], associations: int) -> float:
+    """Seconds for ``associations`` concurrent ``storescu`` to send ``paths`` between them."""
+    chunks = [paths[i::associations] for i in range(associations)]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aet", f"BENCH{i}", "-aec", "DICOM-NODE", "127.0.0.1", str(port),
+             *map(str, chunk)],
+            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        for i, chunk in enumerate(chunks)
+    ]  # fmt: skip
+    errors = [proc.communicate()[1] for proc in procs]
+    elapsed = time.perf_counter() - start
+    for proc, err in zip(procs, errors, strict=True):
+        if proc.returncode != 0:
+            raise SystemExit(f"storescu failed: {err.decode(errors='replace')[-500:]}")
+    return elapsed
+
+
+def record_ms(targets: dict[str, str | Path], n: int = 600) -> dict[str, tuple[float, float]]:
+    """Median and mean milliseconds per ``Index.record`` in this process, for each
+    engine: one series, new instances, in blocks of 25 alternating between engines
+    (the disk and the server are shared with whatever else runs)."""
+    dbs = {engine: open_database(target) for engine, target in targets.items()}
+    try:
+        indexes = {engine: Index(db) for engine, db in dbs.items()}
+        facts: InstanceFacts = {"00080060": ["CT"], "00180050": ["5"]}
+        times: dict[str, list[float]] = {engine: [] for engine in dbs}
+
+        def rec(series: str, i: int) -> InstanceRecord:
+            uid = f"1.2.3.{series}"
+            return InstanceRecord("1.2.3", uid, f"{uid}.{i}", CT_STORAGE, f"spool/{series}/{i}",
+                                  1, "CT", facts=facts)  # fmt: skip
+
+        for index in indexes.values():
+            for i in range(20):
+                index.record(rec("1", i))  # warm: connections, prepared statements
+        for block in range(0, n, 25):
+            for engine, index in indexes.items():
+                for i in range(block, block + 25):
+                    start = time.perf_counter()
+                    index.record(rec("2", i))
+                    times[engine].append((time.perf_counter() - start) * 1000)
+        return {e: (statistics.median(t), statistics.fmean(t)) for e, t in times.items()}
+    finally:
+        for db in dbs.values():
+            db.close()
+
+
+def ingest(studies: int) -> None:
+    """Both nodes run side by side; their pushes alternate, so both see the same load."""
+    print(f"\n## SQLite vs PostgreSQL: ingest of {studies}x24 instances (no rules),"
+          " 1 and 4 associations, both nodes up, pushes alternating")  # fmt: skip
+    print(f"load before: {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
+        tmp = Path(name)
+        urls = {"sqlite": None, "postgresql": postgres.fresh_database()}
+        sites = {engine: Site(tmp / engine, urls[engine]) for engine in ENGINES}
+        try:
+            for site in sites.values():
+                site.node.config["rules"] = []
+                site.start(0, 2)
+            rates: dict[tuple[str, int], list[float]] = {}
+            for _ in range(ROUNDS):
+                for associations in (1, 4):
+                    for engine, site in sites.items():
+                        paths = [p for _ in range(studies) for p in site.series("ingest")]
+                        seconds = push(site.node.port, paths, associations)
+                        rates.setdefault((engine, associations), []).append(len(paths) / seconds)
+            for associations in (1, 4):
+                best = {e: max(rates[(e, associations)]) for e in ENGINES}
+                print(f"{associations} association(s): "
+                      + ", ".join(f"{e} {best[e]:6.1f}/s" for e in ENGINES)
+                      + f", PostgreSQL/SQLite {best['postgresql'] / best['sqlite']:.2f}"
+                      + f" (best of {ROUNDS}; all: "
+                      + "; ".join(f"{e} " + " ".join(f"{r:.0f}" for r in rates[(e, associations)])
+                                  for e in ENGINES) + ")")  # fmt: skip
+        finally:
+            for site in sites.values():
                 site.stop()
+        ms = record_ms({"sqlite": tmp / "record.sqlite", "postgresql": postgres.fresh_database()})
+        ratio = ms["postgresql"][0] / ms["sqlite"][0]
+        print("Index.record in process, ms median/mean: "
+              + ", ".join(f"{e} {ms[e][0]:.2f}/{ms[e][1]:.2f}" for e in ENGINES)
+              + f" (PostgreSQL/SQLite medians: {ratio:.2f})")  # fmt: skip
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    postgres.drop_all()
+
+
+def database(studies: int) -> None:
+    ingest(studies)
+    print("\n## SQLite vs PostgreSQL: node overhead per job")
+    for engine in ENGINES:
         url = postgres.fresh_database() if engine == "postgresql" else None
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
             tmp = Path(name)
@@ -211,7 +297,7 @@ def main() -> None:
     parser.add_argument("--part", default="throughput,latency,database")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPU cores")
-    parts = {"throughput": throughput, "latency": latency, "database": database}
+    parts = {"throughput": throughput, "latency": latency, "database": database, "ingest": ingest}
     for part in args.part.split(","):
         parts[part](args.studies)
 

@@ -23,6 +23,7 @@ from psycopg import sql as pgsql
 from psycopg.rows import RowMaker
 from psycopg_pool import ConnectionPool
 
+from dicom_node.index import POSTGRES_FUNCTIONS
 from dicom_node.state import (
     ADDED_COLUMNS,
     POSTGRES_TYPES,
@@ -121,13 +122,20 @@ class PostgresDatabase:
                 for _, table, column, definition in ADDED_COLUMNS:
                     ddl = definition.format(**POSTGRES_TYPES)
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {ddl}")
+                for function in POSTGRES_FUNCTIONS:
+                    conn.execute(function)
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        with self._pool.connection() as raw, raw.transaction():
-            yield _Conn(raw)
+    def transaction(self, pipeline: bool = False) -> Iterator[Connection]:
+        with self._pool.connection() as raw:
+            if not pipeline:
+                with raw.transaction():
+                    yield _Conn(raw)
+                return
+            with raw.pipeline(), raw.transaction():  # BEGIN goes out with the first statement
+                yield _Conn(raw)
 
     def lock(self, conn: Connection, key: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(?)", (lock_number(key),))

@@ -7,7 +7,11 @@ differences behind one small interface:
 
 - ``transaction()`` yields a connection whose ``execute(sql, params)`` takes
   ``?`` placeholders on both engines; rows answer ``row["column"]`` and
-  ``row[0]``;
+  ``row[0]``. ``transaction(pipeline=True)``: PostgreSQL sends statements
+  without waiting for their answers until a result is read (and sends BEGIN
+  with the first, COMMIT with the last), so a statement's error may surface
+  only at the next read or at the commit; SQLite runs in process and has
+  nothing to batch;
 - ``lock(conn, key)`` serialises transactions on one key (SQLite: every write
   transaction is already serial; PostgreSQL: a transaction-scoped advisory
   lock), for read-then-write sequences that two receiving nodes could race on;
@@ -124,7 +128,10 @@ ADDED_COLUMNS: tuple[tuple[int, str, str, str], ...] = (
     # 5: when the instances not yet routed started arriving (forced-completion timeouts)
     (5, "studies", "pending_since", "{real}"),
 )
-SCHEMA_VERSION = max(version for version, *_ in ADDED_COLUMNS)
+# 6: PostgreSQL only: the functions of ``index.POSTGRES_FUNCTIONS`` (created by
+# ``postgres``; SQLite has nothing to add).
+SCHEMA_VERSION = 6
+assert SCHEMA_VERSION >= max(version for version, *_ in ADDED_COLUMNS)
 
 SQLITE_TYPES = {"id": "INTEGER PRIMARY KEY", "real": "REAL", "big": "INTEGER"}
 POSTGRES_TYPES = {
@@ -162,7 +169,7 @@ class Database(Protocol):
     url: str
     dialect: str  # "sqlite" or "postgresql", for the few statements that differ
 
-    def transaction(self) -> AbstractContextManager[Connection]: ...
+    def transaction(self, pipeline: bool = False) -> AbstractContextManager[Connection]: ...
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
     def lock(self, conn: Connection, key: str) -> None: ...
     def close(self) -> None: ...
@@ -241,12 +248,12 @@ class SqliteDatabase:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, pipeline: bool = False) -> Iterator[Connection]:
         """A write transaction; writers queue on one lock instead of spinning on
         SQLITE_BUSY: a thread lock within the process and an ``flock`` on
         ``<database>.lock`` between processes (several receiving processes share
         one index), which wakes the next writer at once where SQLite's busy
-        handler would sleep."""
+        handler would sleep. ``pipeline`` changes nothing in process."""
         conn = self.connection()
         with self._write_lock:
             if self._lock_fd is None:

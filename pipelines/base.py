@@ -76,6 +76,10 @@ class Volume:
 
     ``flip_y`` / ``flip_x``: whether rows / columns of the stored frames were
     reversed to reach canonical orientation. ``to_source_frames`` undoes them.
+
+    ``frames``: for a series of multi-frame images, where each z index came from:
+    (index into ``sources``, frame number from 1), and ``sources`` holds each
+    instance once; empty for single-frame images (one source per z index).
     """
 
     voxels: np.ndarray
@@ -85,11 +89,16 @@ class Volume:
     flip_x: bool = False
     axes: str = "SPL"
     meta: dict[str, Any] = field(default_factory=dict)
+    frames: list[tuple[int, int]] = field(default_factory=list)
 
     def to_source_frames(self, array: np.ndarray) -> np.ndarray:
         """Map a (z, y, x[, ...]) array in canonical orientation back to the
-        stored pixel order of ``sources`` (frame k belongs to ``sources[k]``)."""
+        stored pixel order of ``sources``: frame k belongs to ``sources[k]``, or,
+        for one multi-frame source, to its frame k + 1. For several multi-frame
+        sources the z order is kept (``frames`` tells where each came from)."""
         out = array
+        if self.frames and len(self.sources) == 1:
+            out = out[np.argsort([number for _, number in self.frames])]
         if self.flip_y:
             out = out[:, ::-1]
         if self.flip_x:

@@ -308,5 +308,5 @@ def encode(
         findings = finding_groups(prediction.findings, manifest, uids)
         return [build_sr(volume, manifest, uids, findings, volume.sources)]
     seg = build_seg(volume, prediction.labels, prediction.found, manifest, uids)
-    groups = segment_groups(volume, seg, prediction.found, manifest, uids)
+    groups = segment_groups(volume, seg, prediction.found, manifest, uids, prediction.labels)
     return [seg, build_sr(volume, manifest, uids, groups, [*volume.sources, seg])]

@@ -31,6 +31,7 @@ from pydicom.sr.coding import Code
 from pipelines.base import ResultUids, Volume
 from pipelines.manifest import CodeItem, Manifest, Segment
 from pipelines.postprocess import SegmentMeasures
+from pipelines.references import add_frame_references, seg_sources, segment_sources
 
 PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
 SEG_SERIES_NUMBER = 9601
@@ -123,8 +124,7 @@ def build_seg(
         descriptions.append(_description(number, by_label[measures.label], algorithm))
         segment_map[labels == measures.label] = number
     seg = hd.seg.Segmentation(
-        source_images=volume.sources,
-        pixel_array=volume.to_source_frames(segment_map),
+        **seg_sources(volume, segment_map),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=uids.uid("seg", "series"),
@@ -139,6 +139,7 @@ def build_seg(
         omit_empty_frames=True,
     )
     _add_frame_anatomy(seg, manifest, [by_label[m.label] for m in found])
+    add_frame_references(seg, volume)
     return seg
 
 
@@ -228,13 +229,17 @@ def segment_groups(
     found: Sequence[SegmentMeasures],
     manifest: Manifest,
     uids: ResultUids,
+    labels: np.ndarray | None = None,
 ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """One TID 1411 group per segment found; ``labels`` ((z, y, x) in the volume's
+    grid) tells a multi-frame source's frames each segment lies on."""
     algorithm = _sr_algorithm(manifest)
     by_label = {s.label: s for s in manifest.outputs.segments}
-    series_uid = str(volume.sources[0].SeriesInstanceUID)
+    everywhere = np.ones(volume.voxels.shape[:1] + (1, 1), dtype=bool)
     groups = []
     for number, measures in enumerate(found, start=1):
         segment = by_label[measures.label]
+        mask = everywhere if labels is None else labels == measures.label
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
@@ -244,7 +249,7 @@ def segment_groups(
                     sop_class_uid=seg.SOPClassUID,
                     sop_instance_uid=seg.SOPInstanceUID,
                     segment_number=number,
-                    source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+                    **segment_sources(volume, mask),
                 ),
                 finding_type=code(segment.type),
                 finding_sites=_sites(segment),

@@ -9,6 +9,10 @@ attribute by keyword and tag; no patient value ever appears in a message.
 
 The kept source datasets are shallow copies without Pixel Data (highdicom needs
 only their metadata to reference them), so the caller's datasets can be freed.
+
+A series of enhanced multi-frame images (Enhanced CT / MR and their Legacy
+Converted forms) is handed to ``pipelines.multiframe``, which builds the same
+``Volume`` with the same checks from the functional groups.
 """
 
 from __future__ import annotations
@@ -57,12 +61,16 @@ def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
     in mm with z the mean distance between slice centres; ``sources`` is in the
     same z order, without Pixel Data.
     """
+    if any(is_multiframe(ds) for ds in datasets):
+        from pipelines import multiframe  # it builds on this module's checks
+
+        return multiframe.load_ct_volume(datasets)
     if len(datasets) < 2:
         raise SeriesNotUsable(f"needs at least 2 slices to form a volume, found {len(datasets)}")
     for index, ds in enumerate(datasets):
         _check_instance(ds, index)
     _check_consistent(datasets)
-    row, col = _axial_cosines(datasets[0])
+    row, col = axial_cosines(np.asarray(datasets[0].ImageOrientationPatient, dtype=float))
     normal = np.cross(row, col)
     order, z_spacing = _slice_order(datasets, normal, float(np.sign(normal[2])))
     flip_x, flip_y = bool(row[0] < 0), bool(col[1] < 0)
@@ -71,11 +79,16 @@ def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
     return Volume(
         voxels=voxels,
         spacing=(z_spacing, dy, dx),
-        sources=[_without_pixels(datasets[i]) for i in order],
+        sources=[without_pixels(datasets[i]) for i in order],
         flip_y=flip_y,
         flip_x=flip_x,
         meta={"slices": len(order)},
     )
+
+
+def is_multiframe(ds: Dataset) -> bool:
+    """Whether ``ds`` holds several frames or per-frame functional groups."""
+    return "PerFrameFunctionalGroupsSequence" in ds or int(ds.get("NumberOfFrames") or 1) > 1
 
 
 def _name(ds: Dataset, index: int) -> str:
@@ -132,14 +145,16 @@ def _check_consistent(datasets: Sequence[Dataset]) -> None:
             )
 
 
-def _axial_cosines(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+def axial_cosines(
+    iop: np.ndarray, attribute: str = attr("ImageOrientationPatient")
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row and column cosines of ``iop`` (6 values), refused unless axial."""
     row, col = iop[:3], iop[3:]
     row_ok = np.allclose(np.abs(row), [1, 0, 0], atol=AXIS_TOLERANCE)
     col_ok = np.allclose(np.abs(col), [0, 1, 0], atol=AXIS_TOLERANCE)
     if not (row_ok and col_ok):
         raise SeriesNotUsable(
-            f"{attr('ImageOrientationPatient')} is {_mm(iop)}; expected an axial "
+            f"{attribute} is {_mm(iop)}; expected an axial "
             "acquisition (rows along +-x, columns along +-y)"
         )
     return row, col
@@ -151,31 +166,49 @@ def _slice_order(
     """Indices of ``datasets`` in increasing order along ``sign * normal`` (feet to
     head for axial CT), and the mean slice spacing in mm."""
     positions = np.asarray([ds.ImagePositionPatient for ds in datasets], dtype=float)
+    names = [f"instance {_name(ds, i)}" for i, ds in enumerate(datasets)]
+    return order_along_normal(positions, names, normal, sign)
+
+
+def order_along_normal(
+    positions: np.ndarray,
+    names: Sequence[str],
+    normal: np.ndarray,
+    sign: float,
+    attribute: str = attr("ImagePositionPatient"),
+) -> tuple[list[int], float]:
+    """Indices of ``positions`` ((n, 3) mm) in increasing order along ``sign *
+    normal``, and the mean slice spacing in mm. Refuses duplicate positions,
+    uneven spacing and tilt; messages name ``attribute`` and the slices by
+    ``names`` ("instance 3", "frame 7")."""
     along = positions @ normal * sign
     order = [int(i) for i in np.argsort(along, kind="stable")]
     along = along[order]
     gaps = np.diff(along)
-    names = [_name(datasets[i], i) for i in order]
+    ordered = [names[i] for i in order]
     for k, gap in enumerate(gaps):
         if gap < SPACING_TOLERANCE_MM:
             raise SeriesNotUsable(
-                f"{attr('ImagePositionPatient')} is the same for instances "
-                f"{names[k]} and {names[k + 1]}; duplicate slices"
+                f"{attribute} is the same for {ordered[k]} and {ordered[k + 1]}; duplicate slices"
             )
-    _check_tilt(positions[order], along, normal, names)
+    _check_tilt(positions[order], along, normal, ordered, attribute)
     spacing = float(np.median(gaps))
     tolerance = max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * spacing)
     for k, gap in enumerate(gaps):
         if abs(gap - spacing) > tolerance:
             raise SeriesNotUsable(
-                f"{attr('ImagePositionPatient')} spacing is uneven: {gap:.3f} mm between "
-                f"instances {names[k]} and {names[k + 1]}, expected {spacing:.3f} mm"
+                f"{attribute} spacing is uneven: {gap:.3f} mm between "
+                f"{ordered[k]} and {ordered[k + 1]}, expected {spacing:.3f} mm"
             )
     return order, float((along[-1] - along[0]) / (len(along) - 1))
 
 
 def _check_tilt(
-    positions: np.ndarray, along: np.ndarray, normal: np.ndarray, names: list[str]
+    positions: np.ndarray,
+    along: np.ndarray,
+    normal: np.ndarray,
+    names: list[str],
+    attribute: str,
 ) -> None:
     offsets = positions - positions[0]
     lateral = offsets - np.outer(offsets @ normal, normal)
@@ -185,7 +218,7 @@ def _check_tilt(
     if bad.size:
         k = int(bad[0])
         raise SeriesNotUsable(
-            f"{attr('ImagePositionPatient')} of instance {names[k]} lies {drift[k]:.2f} mm "
+            f"{attribute} of {names[k]} lies {drift[k]:.2f} mm "
             "off the slice normal (gantry tilt or non-stacked slices); expected slices "
             "stacked along the normal of (0020,0037) ImageOrientationPatient"
         )
@@ -206,7 +239,7 @@ def _read_voxels(ordered: Sequence[Dataset], *, flip_y: bool, flip_x: bool) -> n
 
 def _decode(ds: Dataset, z: int) -> np.ndarray:
     try:
-        plane = pixel_array(_deferred_path(ds) or ds)
+        plane = pixel_array(deferred_path(ds) or ds)
     except Exception as exc:  # any decoder failure means: cannot use this series
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", "unknown transfer syntax")
@@ -221,7 +254,7 @@ def _decode(ds: Dataset, z: int) -> np.ndarray:
     return plane
 
 
-def _deferred_path(ds: Dataset) -> str | None:
+def deferred_path(ds: Dataset) -> str | None:
     """The file to decode from when Pixel Data was not read yet (``defer_size``):
     decoding from the file leaves the caller's dataset small."""
     element = ds.get_item(0x7FE00010, keep_deferred=True)
@@ -232,8 +265,15 @@ def _deferred_path(ds: Dataset) -> str | None:
 
 
 def _to_hu(plane: np.ndarray, ds: Dataset) -> np.ndarray:
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return hounsfield(plane, *_rescale_of(ds))
+
+
+def _rescale_of(ds: Dataset) -> tuple[float, float]:
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def hounsfield(plane: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """Stored values -> int16 HU (rounded, clipped to the int16 range)."""
     if slope == 1.0 and intercept.is_integer():
         hu = plane.astype(np.int32) + int(intercept)
     else:
@@ -241,7 +281,7 @@ def _to_hu(plane: np.ndarray, ds: Dataset) -> np.ndarray:
     return np.clip(hu, -32768, 32767).astype(np.int16)
 
 
-def _without_pixels(ds: Dataset) -> Dataset:
+def without_pixels(ds: Dataset) -> Dataset:
     """A copy of ``ds`` sharing its elements, without the Pixel Data group (7FE0)."""
     copy = Dataset()
     for tag in ds.keys():
@@ -266,6 +306,10 @@ def load_image_stack(datasets: Sequence[Dataset]) -> Volume:
     ``axes``: the patient direction (nearest of L/R, P/A, S/I) each array axis
     points to, e.g. "SPL" for axial images stored the usual way.
     """
+    if any(is_multiframe(ds) for ds in datasets):
+        from pipelines import multiframe  # it builds on this module's checks
+
+        return multiframe.load_image_stack(datasets)
     if len(datasets) < 2:
         raise SeriesNotUsable(f"needs at least 2 slices to form a volume, found {len(datasets)}")
     for index, ds in enumerate(datasets):
@@ -274,11 +318,7 @@ def load_image_stack(datasets: Sequence[Dataset]) -> Volume:
     iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
-    if not np.isclose(np.linalg.norm(normal), 1.0, atol=0.01):
-        raise SeriesNotUsable(
-            f"{attr('ImageOrientationPatient')} is {_mm(iop)}; the row and column "
-            "directions must be perpendicular unit vectors"
-        )
+    check_unit_normal(normal, iop)
     order, z_spacing = _slice_order(datasets, normal, 1.0)
     ordered = [datasets[i] for i in order]
     rows, cols = int(ordered[0].Rows), int(ordered[0].Columns)
@@ -289,19 +329,32 @@ def load_image_stack(datasets: Sequence[Dataset]) -> Volume:
     return Volume(
         voxels=voxels,
         spacing=(z_spacing, dy, dx),
-        sources=[_without_pixels(ds) for ds in ordered],
-        axes="".join(_direction(v) for v in (normal, col, row)),
+        sources=[without_pixels(ds) for ds in ordered],
+        axes="".join(direction(v) for v in (normal, col, row)),
         meta={"slices": len(order)},
     )
 
 
-def _direction(vector: np.ndarray) -> str:
+def check_unit_normal(
+    normal: np.ndarray, iop: np.ndarray, attribute: str = attr("ImageOrientationPatient")
+) -> None:
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=0.01):
+        raise SeriesNotUsable(
+            f"{attribute} is {_mm(iop)}; the row and column "
+            "directions must be perpendicular unit vectors"
+        )
+
+
+def direction(vector: np.ndarray) -> str:
     """The patient direction (LPS letters, or their opposites) nearest ``vector``."""
     axis = int(np.argmax(np.abs(vector)))
     return ("LPS" if vector[axis] > 0 else "RAI")[axis]
 
 
 def _rescaled(plane: np.ndarray, ds: Dataset) -> np.ndarray:
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return rescaled(plane, *_rescale_of(ds))
+
+
+def rescaled(plane: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """Stored values -> float32 after the modality rescale."""
     return plane.astype(np.float32) * np.float32(slope) + np.float32(intercept)

@@ -28,6 +28,7 @@ MODEL_FOLDER = "models/lung_ct"  # package data inside ``pipelines``
 _IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
 }
 
 
@@ -86,7 +87,7 @@ class LungCT:
             return load_model(path)
 
     def prepare(self, datasets: Sequence[Dataset]) -> Volume:
-        """Check the series is single-frame CT images, then build the volume."""
+        """Check the series is CT images (single- or multi-frame), then build the volume."""
         for index, ds in enumerate(datasets):
             _check_is_ct_image(ds, index)
         return load_ct_volume(datasets)

@@ -35,6 +35,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from pipelines.base import PipelineSpec, ResultUids, Volume
+from pipelines.references import add_frame_references, seg_sources, segment_sources
 
 if TYPE_CHECKING:
     from pipelines.lung import LungMeasures, LungPrediction
@@ -92,7 +93,8 @@ def build_seg(
 ) -> hd.seg.Segmentation:
     """A BINARY SEG with one segment per lung found, numbered right first.
 
-    Frames follow ``volume.sources`` (stored pixel order); empty frames are omitted.
+    Frames follow ``volume.sources`` (stored pixel order, see ``pipelines.references``);
+    empty frames are omitted.
     """
     algorithm = hd.AlgorithmIdentificationSequence(
         name=spec.name,
@@ -106,8 +108,7 @@ def build_seg(
         descriptions.append(_segment_description(number, lung.side, algorithm))
         segment_map[prediction.labels == lung.label] = number
     seg = hd.seg.Segmentation(
-        source_images=volume.sources,
-        pixel_array=volume.to_source_frames(segment_map),
+        **seg_sources(volume, segment_map),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=uids.uid("seg", "series"),
@@ -120,6 +121,7 @@ def build_seg(
         omit_empty_frames=True,
     )
     _add_frame_anatomy(seg, {lung.side for lung in prediction.lungs})
+    add_frame_references(seg, volume)
     return seg
 
 
@@ -162,9 +164,15 @@ def build_sr(
         version=spec.version,
         parameters=[f"model={prediction.model}"] if prediction.model else None,
     )
-    series_uid = str(volume.sources[0].SeriesInstanceUID)
     groups = [
-        _lung_group(number, lung, seg, series_uid, uids, algorithm)
+        _lung_group(
+            number,
+            lung,
+            seg,
+            segment_sources(volume, prediction.labels == lung.label),
+            uids,
+            algorithm,
+        )
         for number, lung in enumerate(prediction.lungs, start=1)
     ]
     report = hd.sr.MeasurementReport(
@@ -195,7 +203,7 @@ def _lung_group(
     number: int,
     lung: LungMeasures,
     seg: hd.seg.Segmentation,
-    series_uid: str,
+    sources: dict[str, Any],
     uids: ResultUids,
     algorithm: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
@@ -218,7 +226,7 @@ def _lung_group(
             sop_class_uid=seg.SOPClassUID,
             sop_instance_uid=seg.SOPInstanceUID,
             segment_number=number,
-            source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+            **sources,
         ),
         finding_type=LUNG_CODES[lung.side],
         finding_sites=[hd.sr.FindingSite(LUNG, laterality=LATERALITY[lung.side])],

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.peers import NodeProcess
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -39,11 +41,12 @@ def test_shipped_config_checks_clean_when_copied_elsewhere(tmp_path):
 
 
 def test_status_of_a_new_node_and_retry_of_an_unknown_job(tmp_path):
-    (tmp_path / "config.yaml").write_text("storage: {dir: data}\nrules: []\n")
-    status = dicom_node("status", "--config", "config.yaml", cwd=tmp_path)
+    node = NodeProcess(tmp_path, {"storage": {"dir": "data"}, "rules": []})
+    node.write_config()  # the suite's PostgreSQL run adds its database
+    status = node.cli("status")
     assert status.returncode == 0 and "instances 0" in status.stdout
     assert str(tmp_path / "data") in status.stdout
-    retry = dicom_node("retry", "--config", "config.yaml", "--job", "42", cwd=tmp_path)
+    retry = node.cli("retry", "--job", "42")
     assert retry.returncode == 1 and "job 42 does not exist" in retry.stderr
 
 
@@ -86,25 +89,26 @@ def test_purge_deletes_a_failed_jobs_images_and_notes_it(tmp_path):
     from dicom_node.index import Index, InstanceRecord
     from dicom_node.jobs import Jobs, JobState, Move
     from dicom_node.spool import Spool
-    from dicom_node.state import open_database
 
-    (tmp_path / "config.yaml").write_text("storage: {dir: var}\nrules: []\n")
+    node = NodeProcess(tmp_path, {"storage": {"dir": "var"}, "rules": []})
+    node.write_config()  # the suite's PostgreSQL run adds its database
     spool = Spool(tmp_path / "var")
     spool.create()
-    db = open_database(spool.root / "node.sqlite")
+    db = node.database()
     rel = spool.store_instance("1.2", "1.2.3", "1.2.3.1", b"x")
     Index(db).record(InstanceRecord("1.2", "1.2.3", "1.2.3.1", "1.2.840.10008.5.1.4.1.1.2", rel, 1))
     jobs = Jobs(db)
     job = jobs.create(study_uid="1.2", series_uid="1.2.3", rule="r", pipeline="lung-ct",
                       sop_uids=["1.2.3.1"], inputs=[rel], destinations=[])  # fmt: skip
-    running = dicom_node("purge", "--config", "config.yaml", "--job", str(job), cwd=tmp_path)
+    running = node.cli("purge", "--job", str(job))
     assert running.returncode == 1
     assert "job 1 is queued; purge it once it has ended" in running.stderr
-    retry = dicom_node("retry", "--config", "config.yaml", "--job", str(job), cwd=tmp_path)
+    retry = node.cli("retry", "--job", str(job))
     assert retry.returncode == 1 and "only an ended job can be run again" in retry.stderr
     jobs.move(job, Move.FINISH, 1.0, to=JobState.FAILED, reason="pipeline error (ValueError)")
-    result = dicom_node("purge", "--config", "config.yaml", "--job", str(job), cwd=tmp_path)
+    result = node.cli("purge", "--job", str(job))
     assert result.returncode == 0, result.stderr
     assert "1 source image(s) of series 1.2.3 purged" in result.stdout
     assert not (spool.root / rel).exists()
     assert jobs.get(job).reason.endswith("[source images purged by operator]")
+    db.close()

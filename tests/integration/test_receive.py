@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,8 @@ def test_what_the_node_stores_is_readable_by_its_user_only(node, series):
     assert storescu(node.port, series.paths[:1]).returncode == 0
     var = node.folder / "var"
     instance = var / "spool" / series.study_uid / series.series_uid / f"{series.sop_uids[0]}.dcm"
-    for path in (instance, var / "node.sqlite"):
+    database = node.database_file  # None: the tables are in PostgreSQL
+    for path in (instance, *([database] if database else [])):
         assert path.stat().st_mode & 0o777 == 0o600, path
     for path in (var / "spool", instance.parent, var / "work", var / "outbox"):
         assert path.stat().st_mode & 0o777 == 0o700, path
@@ -61,13 +61,8 @@ def test_stored_instances_are_on_disk_and_indexed_when_storescu_returns(node, se
     stored = sorted(p.stem for p in spool.glob("*.dcm"))
     assert stored == sorted(series.sop_uids)
     assert pydicom.dcmread(spool / f"{series.sop_uids[0]}.dcm").SOPInstanceUID == series.sop_uids[0]
-    db = sqlite3.connect(node.folder / "var" / "node.sqlite")
-    assert (
-        db.execute(
-            "SELECT COUNT(*) FROM instances WHERE series_uid = ?", (series.series_uid,)
-        ).fetchone()[0]
-        == 6
-    )
+    [row] = node.query("SELECT COUNT(*) FROM instances WHERE series_uid = ?", (series.series_uid,))
+    assert row[0] == 6
 
 
 def test_sending_the_same_instances_again_counts_them_once(node, series):

@@ -4,7 +4,6 @@ the right status, nothing partial kept, the node serving throughout."""
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -67,12 +66,7 @@ def spool_files(node: NodeProcess) -> set[Path]:
 
 
 def indexed(node: NodeProcess, sop_uid: str) -> int:
-    db = sqlite3.connect(node.folder / "var" / "node.sqlite")
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM instances WHERE sop_uid = ?",
-                              (sop_uid,)).fetchone()[0])  # fmt: skip
-    finally:
-        db.close()
+    return int(node.query("SELECT COUNT(*) FROM instances WHERE sop_uid = ?", (sop_uid,))[0][0])
 
 
 def _with(data: bytes, before: bytes, extra: bytes) -> bytes:
@@ -199,8 +193,7 @@ def test_kill_9_mid_push_loses_nothing_answered_and_a_resend_completes_it(tmp_pa
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=DCMTK_ENV,
     )  # fmt: skip
-    db = proc.folder / "var" / "node.sqlite"
-    wait_for(lambda: db.exists() and _count(db) >= 60, 60, "part of the push to arrive")
+    wait_for(lambda: _count(proc) >= 60, 60, "part of the push to arrive")
     proc.proc.send_signal(signal.SIGKILL)
     proc.proc.wait()
     out = push.communicate(timeout=60)[0]
@@ -211,23 +204,19 @@ def test_kill_9_mid_push_loses_nothing_answered_and_a_resend_completes_it(tmp_pa
         folder = proc.folder / "var" / "spool" / series.study_uid / series.series_uid
         for path, sop in list(zip(series.paths, series.sop_uids, strict=True))[:acked]:
             assert (folder / f"{sop}.dcm").read_bytes()[-512:] == path.read_bytes()[-512:]
-        assert _count(db) >= acked
+        assert _count(proc) >= acked
         on_disk = set((proc.folder / "var" / "spool").rglob("*.dcm"))
-        assert len(on_disk) == _count(db), "no file without its index row after the restart"
+        assert len(on_disk) == _count(proc), "no file without its index row after the restart"
         assert storescu(proc.port, series.paths).returncode == 0
-        assert _count(db) == 300
+        assert _count(proc) == 300
         status = proc.status()
         assert status["index"]["instances"] == 300
     finally:
         assert proc.stop() == 0, proc.log()
 
 
-def _count(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
-    finally:
-        conn.close()
+def _count(node: NodeProcess) -> int:
+    return int(node.query("SELECT COUNT(*) FROM instances")[0][0])
 
 
 def test_several_receiving_processes_share_the_port_and_one_index(tmp_path):
@@ -248,7 +237,7 @@ def test_several_receiving_processes_share_the_port_and_one_index(tmp_path):
         ]  # fmt: skip
         for push in pushes:
             assert push.wait(120) == 0, push.stderr.read() if push.stderr else ""
-        assert _count(proc.folder / "var" / "node.sqlite") == 40
+        assert _count(proc) == 40
         assert proc.status()["index"]["instances"] == 40
     finally:
         assert proc.stop() == 0, proc.log()

@@ -15,6 +15,7 @@ import pytest
 from pipelines.lung import LungCT, measure_lungs
 from pipelines.uids import DerivedUids
 from tests.support.ct_series import SeriesOptions, lung_phantom, make_ct_datasets
+from tests.support.enhanced import FrameOptions, enhanced
 from tests.support.validators import dciodvfy, pixelmed
 
 pytestmark = pytest.mark.integration
@@ -23,6 +24,9 @@ CASES: dict[str, dict[str, Any]] = {
     "two-lungs": {},
     "two-lungs-flipped": {"flip_x": True, "flip_y": True},
     "left-lung-only": {"drop_right": True},
+    # Enhanced CT sources: frames referenced per SEG frame and in the SR
+    "enhanced-ct-shuffled-frames": {"frames": FrameOptions(shuffle=True), "flip_y": True},
+    "enhanced-ct-three-instances": {"frames": FrameOptions(instances=3, shuffle=True)},
 }
 
 
@@ -30,12 +34,14 @@ CASES: dict[str, dict[str, Any]] = {
 def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     case: dict[str, Any] = dict(CASES[request.param])
     drop_right = case.pop("drop_right", False)
+    frames = case.pop("frames", None)
     hu, labels = lung_phantom()
     if drop_right:
         labels = np.where(labels == 2, 1, labels).astype(np.uint8)
     pipeline = LungCT()
     series = make_ct_datasets(hu, SeriesOptions(**case))
-    volume = pipeline.prepare(series.datasets)
+    sources = series.datasets if frames is None else enhanced(series.datasets, frames)
+    volume = pipeline.prepare(sources)
     uids = DerivedUids(series.sop_uids, pipeline.spec.name, pipeline.spec.version)
     seg, sr = pipeline.encode(volume, measure_lungs(volume, labels), uids)
     folder = tmp_path_factory.mktemp(request.param)

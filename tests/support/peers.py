@@ -18,12 +18,15 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from tests.support.wait import wait_for
+
+if TYPE_CHECKING:
+    from dicom_node.state import Database
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -324,6 +327,30 @@ class NodeProcess:
             cwd=self.folder,  # not the caller's folder: `-m` puts the cwd first on sys.path
             env={**os.environ, "PYTHONPATH": str(self.tree)},
         )
+
+    def database(self) -> Database:
+        """The node's tables, opened as the node opens them: its SQLite file, or its
+        PostgreSQL database in the suite's PostgreSQL run. The caller closes it."""
+        from dicom_node.settings import load_settings
+        from dicom_node.state import open_database
+
+        return open_database(load_settings(self.config_path).storage.database_target)
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of one statement (``?`` placeholders) on the node's tables."""
+        db = self.database()
+        try:
+            return db.query(statement, params)
+        finally:
+            db.close()
+
+    @property
+    def database_file(self) -> Path | None:
+        """The node's SQLite file; None when its tables are in PostgreSQL."""
+        from dicom_node.settings import load_settings
+
+        target = load_settings(self.config_path).storage.database_target
+        return target if isinstance(target, Path) else None
 
     def status(self, limit: int = 20) -> dict[str, Any]:
         result = self.cli("status", "--json", "--limit", str(limit))

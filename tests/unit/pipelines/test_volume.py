@@ -154,10 +154,10 @@ def test_missing_pixel_data_is_rejected() -> None:
         load_ct_volume(datasets)
 
 
-def test_multi_frame_image_is_rejected() -> None:
+def test_multi_frame_image_without_functional_groups_is_rejected() -> None:
     datasets = _datasets()
     datasets[0].NumberOfFrames = 2
-    with pytest.raises(SeriesNotUsable, match=r"\(0028,0008\) NumberOfFrames is 2.*single-frame"):
+    with pytest.raises(SeriesNotUsable, match=r"\(0028,0008\) NumberOfFrames is 2.*per-frame"):
         load_ct_volume(datasets)
 
 
