@@ -101,6 +101,9 @@ class Index:
         after the move and before the commit leaves a file without a row, which
         ``unindexed`` finds at the next start (it was never answered Success).
         """
+        now = time.time() if now is None else now
+        if self.db.dialect == "postgresql":
+            return self._record_in_one_call(rec, now, place, remove)
         return self.record_batch([(rec, place)], now, remove)[0]
 
     def record_batch(
@@ -113,10 +116,13 @@ class Index:
         """``record`` for several instances in one write transaction (a group
         commit: one commit, and so one fsync of the index, for all of them), in
         order; ``before_commit`` runs last inside it (the spool's folder fsyncs).
-        Any exception rolls back all of them."""
+        Any exception rolls back all of them. On PostgreSQL, whose ``record`` is
+        one server call per instance, each instance has its own transaction and
+        ``before_commit`` runs inside each (after its ``place``)."""
         now = time.time() if now is None else now
         if self.db.dialect == "postgresql":
-            return self._record_in_one_call(rec, now, place, remove)
+            return [self._record_in_one_call(rec, now, place, remove, before_commit)
+                    for rec, place in items]  # fmt: skip
         with self.db.transaction() as conn:
             # Two nodes storing one instance, or one series' facts, take turns; the
             # locks are taken in one order (instances, then series) so batches of
@@ -184,6 +190,7 @@ class Index:
         now: float,
         place: Callable[[], None] | None,
         remove: Callable[[str], None] | None,
+        before_commit: Callable[[], None] | None = None,
     ) -> tuple[bool, str | None]:
         """``record`` on PostgreSQL: the statements above run in the server, in
         ``index_record`` (``POSTGRES_FUNCTIONS``), sent with BEGIN; then the file
@@ -217,6 +224,8 @@ class Index:
             # The locks are held: a purge of this series waits for the commit.
             if place is not None:
                 place()
+            if before_commit is not None:
+                before_commit()
             if not row["is_new"]:
                 return False, None
             replaced = row["replaced"]
