@@ -282,6 +282,9 @@ def count_complete(series: SeriesSummary) -> str | None:
     """ "" when the series holds what its headers announce, a description of what
     is missing, or None when the headers announce no count."""
     facts = series.facts
+    if (_max_int(facts.get(NUMBER_OF_FRAMES)) or 0) > 1:
+        return ""  # a multi-frame instance carries all its frames (and ImagesInAcquisition
+        # counts frames, not instances)
     expected = _max_int(facts.get(IMAGES_IN_ACQUISITION))
     if expected is not None:
         acquisitions = len(
@@ -304,5 +307,5 @@ def count_complete(series: SeriesSummary) -> str | None:
             " (NumberOfTemporalPositions)"
         )
     if _max_int(facts.get(NUMBER_OF_FRAMES)) is not None:
-        return ""  # a multi-frame instance carries all its frames
+        return ""  # NumberOfFrames 1: the instance is all there is
     return None

@@ -149,9 +149,10 @@ class ManifestPipeline:
 def check_accepts(manifest: Manifest, datasets: Sequence[Dataset]) -> None:
     """``SeriesNotUsable`` naming the first condition of ``accepts`` the series fails."""
     accepts, name = manifest.accepts, manifest.name
-    if len(datasets) < accepts.min_slices:
+    slices = sum(int(ds.get("NumberOfFrames") or 1) for ds in datasets)  # frames of multi-frame
+    if slices < accepts.min_slices:
         raise SeriesNotUsable(
-            f"{name} needs at least {accepts.min_slices} slices, the series has {len(datasets)}"
+            f"{name} needs at least {accepts.min_slices} slices, the series has {slices}"
         )
     for index, ds in enumerate(datasets):
         modality = str(ds.get("Modality", ""))

@@ -16,9 +16,11 @@ from pydicom.multival import MultiValue
 
 from pipelines.base import SeriesNotUsable, Volume
 from pipelines.lung import LungCT, measure_lungs
+from pipelines.registry import get
 from pipelines.runner import read_series
 from pipelines.uids import DerivedUids
 from pipelines.volume import load_ct_volume, load_image_stack
+from tests.support import brain_mr
 from tests.support.compressed import SYNTAXES, convert
 from tests.support.ct_series import (
     SENTINEL_PATIENT,
@@ -399,3 +401,32 @@ def test_sr_names_the_source_frames_each_lung_lies_on(instances: int) -> None:
             if (labels[z] == label).any()
         }
         assert found == expected
+
+
+# --- the manifest pipeline (brain-t1) takes multi-frame MR
+
+
+@pytest.mark.skipif(not brain_mr.available(), reason="insighttoolkit5-examples not installed")
+def test_enhanced_and_legacy_mr_prepare_as_the_classic_brain_series(tmp_path: Path) -> None:
+    series = brain_mr.write_brain_series(tmp_path / "classic")
+    classic = read_series(series.paths)
+    pipeline = get("brain-t1")
+    expected = pipeline.prepare(classic)
+    made = {
+        "enhanced-mr": enhanced(classic, FrameOptions(shuffle=True)),
+        "pixelmed-legacy-mr": read_series(
+            pixelmed_legacy(tmp_path / "classic", tmp_path / "pixelmed")
+        ),
+    }
+    for name, datasets in made.items():
+        assert len(datasets) == 1 and int(datasets[0].NumberOfFrames) == len(classic), name
+        _assert_same_volume(pipeline.prepare(datasets), expected)
+
+
+def test_the_manifest_counts_frames_as_slices() -> None:
+    pipeline = get("brain-t1")  # min_slices: 20
+    mr = _classic(_random_hu((8, 10, 12)))
+    for ds in mr:
+        ds.Modality, ds.SOPClassUID = "MR", "1.2.840.10008.5.1.4.1.1.4"
+    with pytest.raises(SeriesNotUsable, match="needs at least 20 slices, the series has 8"):
+        pipeline.prepare(enhanced(mr))
