@@ -55,7 +55,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, make_parents: bool = True) -> None:
+def write_atomic(path: Path, data: bytes | memoryview, make_parents: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
 
     ``make_parents=False``: the folder must exist already (``FileNotFoundError``
@@ -140,10 +140,12 @@ class Spool:
         finally:
             os.close(fd)
 
-    def place(self, received: Path, relpath: str) -> None:
+    def place(self, received: Path, relpath: str, sync_folder: bool = True) -> Path:
         """Move a fully received, ``sync``ed file (in ``incoming``) to ``relpath``
-        durably: rename it over any older copy, fsync the folder. Another process
-        renaming the same instance at the same time leaves one whole file."""
+        durably: rename it over any older copy, fsync the folder (unless
+        ``sync_folder`` is False: then the caller fsyncs the returned folder
+        before it counts on the move). Another process renaming the same instance
+        at the same time leaves one whole file."""
         if not relpath.startswith("spool/"):
             raise UnsafeUid(f"path {relpath!r} is not a received instance")
         target = self.root / relpath
@@ -155,7 +157,9 @@ class Spool:
             target.parent.mkdir(parents=True, exist_ok=True)
             fsync_dir(target.parent.parent)
             os.replace(received, target)
-        fsync_dir(target.parent)
+        if sync_folder:
+            fsync_dir(target.parent)
+        return target.parent
 
     def instance_files(self, older_than: float | None = None) -> Iterator[str]:
         """Relative paths of the files in the spool (for reconciling with the index);
@@ -362,7 +366,7 @@ class TicketFolder:
     def beat(self, token: str) -> None:
         write_atomic(self.path / "beat", token.encode("ascii", "replace"), make_parents=False)
 
-    def write_output(self, name: str, data: bytes) -> None:
+    def write_output(self, name: str, data: bytes | memoryview) -> None:
         self.out.mkdir(exist_ok=True)  # never parents: the ticket folder must exist
         write_atomic(self.out / check_name(name), data, make_parents=False)
 
