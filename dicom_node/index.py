@@ -104,49 +104,85 @@ class Index:
         now = time.time() if now is None else now
         if self.db.dialect == "postgresql":
             return self._record_in_one_call(rec, now, place, remove)
+        return self.record_batch([(rec, place)], now, remove)[0]
+
+    def record_batch(
+        self,
+        items: list[tuple[InstanceRecord, Callable[[], None] | None]],
+        now: float | None = None,
+        remove: Callable[[str], None] | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> list[tuple[bool, str | None]]:
+        """``record`` for several instances in one write transaction (a group
+        commit: one commit, and so one fsync of the index, for all of them), in
+        order; ``before_commit`` runs last inside it (the spool's folder fsyncs).
+        Any exception rolls back all of them. On PostgreSQL, whose ``record`` is
+        one server call per instance, each instance has its own transaction and
+        ``before_commit`` runs inside each (after its ``place``)."""
+        now = time.time() if now is None else now
+        if self.db.dialect == "postgresql":
+            return [self._record_in_one_call(rec, now, place, remove, before_commit)
+                    for rec, place in items]  # fmt: skip
         with self.db.transaction() as conn:
-            # Two nodes storing one instance, or one series' facts, take turns.
-            self.db.lock(conn, f"instance {rec.sop_uid}")
-            self.db.lock(conn, f"series {rec.series_uid}")
-            if place is not None:
-                place()
-            old = conn.execute(
-                "SELECT path, series_uid FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
-            ).fetchone()
+            # Two nodes storing one instance, or one series' facts, take turns; the
+            # locks are taken in one order (instances, then series) so batches of
+            # two processes never wait on each other in a cycle.
+            for key in sorted({f"instance {rec.sop_uid}" for rec, _ in items}):
+                self.db.lock(conn, key)
+            for key in sorted({f"series {rec.series_uid}" for rec, _ in items}):
+                self.db.lock(conn, key)
+            results = [self._record(conn, rec, now, place, remove) for rec, place in items]
+            if before_commit is not None:
+                before_commit()
+            return results
+
+    def _record(
+        self,
+        conn: Connection,
+        rec: InstanceRecord,
+        now: float,
+        place: Callable[[], None] | None,
+        remove: Callable[[str], None] | None,
+    ) -> tuple[bool, str | None]:
+        if place is not None:
+            place()
+        old = conn.execute(
+            "SELECT path, series_uid FROM instances WHERE sop_uid = ?", (rec.sop_uid,)
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, path,"
+            " size, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(sop_uid) DO UPDATE SET series_uid = excluded.series_uid,"
+            " study_uid = excluded.study_uid, sop_class_uid = excluded.sop_class_uid,"
+            " path = excluded.path, size = excluded.size,"
+            " received_at = excluded.received_at",
+            (
+                rec.sop_uid,
+                rec.series_uid,
+                rec.study_uid,
+                rec.sop_class_uid,
+                rec.path,
+                rec.size,
+                now,
+            ),
+        )
+        if old is not None and old["series_uid"] == rec.series_uid:
             conn.execute(
-                "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, path,"
-                " size, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(sop_uid) DO UPDATE SET series_uid = excluded.series_uid,"
-                " study_uid = excluded.study_uid, sop_class_uid = excluded.sop_class_uid,"
-                " path = excluded.path, size = excluded.size,"
-                " received_at = excluded.received_at",
-                (
-                    rec.sop_uid,
-                    rec.series_uid,
-                    rec.study_uid,
-                    rec.sop_class_uid,
-                    rec.path,
-                    rec.size,
-                    now,
-                ),
+                "UPDATE series SET last_received = ? WHERE series_uid = ?",
+                (now, rec.series_uid),
             )
-            if old is not None and old["series_uid"] == rec.series_uid:
-                conn.execute(
-                    "UPDATE series SET last_received = ? WHERE series_uid = ?",
-                    (now, rec.series_uid),
-                )
-                return False, None
-            if old is not None:
-                conn.execute(
-                    "UPDATE series SET instances = instances - 1 WHERE series_uid = ?",
-                    (old["series_uid"],),
-                )
-            replaced = old["path"] if old is not None and old["path"] != rec.path else None
-            if replaced is not None and remove is not None:
-                remove(replaced)
-                replaced = None
-            self._count(conn, rec, now)
-            return True, replaced
+            return False, None
+        if old is not None:
+            conn.execute(
+                "UPDATE series SET instances = instances - 1 WHERE series_uid = ?",
+                (old["series_uid"],),
+            )
+        replaced = old["path"] if old is not None and old["path"] != rec.path else None
+        if replaced is not None and remove is not None:
+            remove(replaced)
+            replaced = None
+        self._count(conn, rec, now)
+        return True, replaced
 
     def _record_in_one_call(
         self,
@@ -154,6 +190,7 @@ class Index:
         now: float,
         place: Callable[[], None] | None,
         remove: Callable[[str], None] | None,
+        before_commit: Callable[[], None] | None = None,
     ) -> tuple[bool, str | None]:
         """``record`` on PostgreSQL: the statements above run in the server, in
         ``index_record`` (``POSTGRES_FUNCTIONS``), sent with BEGIN; then the file
@@ -187,6 +224,8 @@ class Index:
             # The locks are held: a purge of this series waits for the commit.
             if place is not None:
                 place()
+            if before_commit is not None:
+                before_commit()
             if not row["is_new"]:
                 return False, None
             replaced = row["replaced"]

@@ -52,6 +52,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from dicom_node.commit import GroupCommit
 from dicom_node.facts import instance_facts
 from dicom_node.header import BadInstance, read_header
 from dicom_node.index import Index, InstanceRecord
@@ -144,6 +145,7 @@ class Receiver:
         self.slots = Slots(spool.root / "incoming" / "slots",
                            self.receive.max_associations_per_peer,
                            self.node.max_associations)  # fmt: skip
+        self.commits = GroupCommit(index, spool)
         self._lock = threading.Lock()
         self.counts: dict[int, dict[str, int]] = {}
         self.series_by_assoc: dict[int, set[str]] = {}  # for triggers on release
@@ -285,9 +287,7 @@ class Receiver:
         )
         try:
             self.spool.sync(path)
-            new, _ = self.index.record(
-                record, place=lambda: self.spool.place(path, rel), remove=self.spool.remove
-            )
+            new = self.commits.record(record, path)
         except OSError as exc:
             logger.error("could not write an instance to the spool: %s", exc.strerror)
             return Outcome(0xA700, "out of resources: could not write to storage")

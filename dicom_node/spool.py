@@ -140,10 +140,12 @@ class Spool:
         finally:
             os.close(fd)
 
-    def place(self, received: Path, relpath: str) -> None:
+    def place(self, received: Path, relpath: str, sync_folder: bool = True) -> Path:
         """Move a fully received, ``sync``ed file (in ``incoming``) to ``relpath``
-        durably: rename it over any older copy, fsync the folder. Another process
-        renaming the same instance at the same time leaves one whole file."""
+        durably: rename it over any older copy, fsync the folder (unless
+        ``sync_folder`` is False: then the caller fsyncs the returned folder
+        before it counts on the move). Another process renaming the same instance
+        at the same time leaves one whole file."""
         if not relpath.startswith("spool/"):
             raise UnsafeUid(f"path {relpath!r} is not a received instance")
         target = self.root / relpath
@@ -155,7 +157,9 @@ class Spool:
             target.parent.mkdir(parents=True, exist_ok=True)
             fsync_dir(target.parent.parent)
             os.replace(received, target)
-        fsync_dir(target.parent)
+        if sync_folder:
+            fsync_dir(target.parent)
+        return target.parent
 
     def instance_files(self, older_than: float | None = None) -> Iterator[str]:
         """Relative paths of the files in the spool (for reconciling with the index);
