@@ -193,3 +193,31 @@ def test_two_nodes_batches_over_two_studies_in_opposite_orders_all_commit(open_d
     for study in ("1.2", "1.5"):
         assert [(s.series_uid, s.instances) for s in nodes[0].series_of(study)] == [
             (f"{study}.0", 30), (f"{study}.1", 30)]  # fmt: skip
+
+
+def test_opening_a_postgresql_database_never_waits_for_a_receiver_mid_transaction():
+    """``dicom-node status`` (or a second node starting) opens the database while a
+    receiver's index transaction holds its row locks: opening reads the schema
+    version and takes no table lock, so neither waits for the other."""
+    url = postgres.fresh_database()
+    db = open_database(url)
+    inside, go = threading.Event(), threading.Event()
+
+    def place() -> None:
+        inside.set()
+        assert go.wait(60)
+
+    rec = InstanceRecord("1.2", "1.2.3", "1.2.3.4", CT, "spool/a.dcm", 10)
+    receiver = threading.Thread(target=lambda: Index(db).record(rec, place=place))
+    receiver.start()
+    try:
+        assert inside.wait(30)
+        opened: list[object] = []
+        opener = threading.Thread(target=lambda: opened.append(open_database(url).close()))
+        opener.start()
+        wait_for(lambda: not opener.is_alive(), 20, "the database to open")
+    finally:
+        go.set()
+        receiver.join(30)
+        db.close()
+    assert opened == [None]
