@@ -10,8 +10,9 @@ on a 512 x 512 chest CT phantom of ``--slices`` slices, in this process:
   which traces its function, printed apart;
 - then ``--runs`` warm runs, each timed end to end: read the files and build
   the volume ("load"), pre- and post-processing around the model, the model
-  call itself, encoding SEG + SR, writing them, and sending them with the
-  node's own C-STORE sender (``dicom_node.scu``) to dcmtk ``storescp`` on loopback;
+  call itself, encoding SEG + SR, writing them as the worker does (each file
+  fsync'ed), and sending them with the node's own C-STORE sender
+  (``dicom_node.scu``, one association) to dcmtk ``storescp`` on loopback;
 - slices/s of the model call alone and of the whole run, and the share of the
   run spent outside the model call (target: under 30 %).
 
@@ -29,13 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydicom.config
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dicom_node.scu import connect, sop_class_of  # noqa: E402
+from dicom_node.scu import configure_sending, connect, sop_class_of  # noqa: E402
 from dicom_node.settings import Destination  # noqa: E402
+from dicom_node.spool import write_atomic  # noqa: E402
 from pipelines.registry import discover  # noqa: E402
-from pipelines.runner import run_series  # noqa: E402
+from pipelines.runner import encoded, run_series  # noqa: E402
 from pipelines.uids import DerivedUids  # noqa: E402
 from tests.support import brain_mr  # noqa: E402
 from tests.support.ct_series import SeriesOptions, write_ct_series  # noqa: E402
@@ -75,12 +79,13 @@ def one_run(
     result = run_series(pipeline, model, paths, uids)
     written = time.perf_counter()
     files = []
-    for n, ds in enumerate(result.datasets):
+    for n, ds in enumerate(result.datasets):  # as the worker writes them: fsync'ed
         files.append(out / f"result-{n}.dcm")
-        ds.save_as(files[-1], enforce_file_format=True)
+        write_atomic(files[-1], encoded(ds))
     sent = time.perf_counter()
     destination = Destination(ae_title=archive.aet, host="127.0.0.1", port=archive.port)
-    connection = connect(destination, "DICOM-NODE", [sop_class_of(f) for f in files])
+    # as the node's sender sends them: one association, each file as it is
+    connection = connect(destination, "DICOM-NODE", {sop_class_of(f) for f in files})
     try:
         statuses = [connection.store(f).status for f in files]
     finally:
@@ -129,6 +134,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--slices", type=int, default=300)
     args = parser.parse_args()
+    # As the node's entry point (dicom_node.cli) sets them up in every process:
+    # files sent as they are, and no value validation when reading headers.
+    configure_sending()
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     started = time.perf_counter()
     import tensorflow  # noqa: F401  - its import is a cost of the first model of a process
 

@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
             return 2
         return int(backend.run_worker(settings, devices, args.concurrency, lanes, args.gpu) or 0)
     from dicom_node.node import Node
+    from dicom_node.scu import configure_sending
 
+    configure_sending()
     try:
         return Node(settings, backend, args.config).run_until_signal()
     except OSError as exc:  # port in use, storage not writable, ...

@@ -15,14 +15,17 @@ Failures are raised as classes from ``dicom_node.errors``:
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, evt
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, _config, evt
 
 from dicom_node.errors import DestinationRefused, DestinationUnavailable, UnreadableResult
 from dicom_node.settings import Destination
@@ -87,7 +90,10 @@ def _associate(
         destination.port,
         ae_title=destination.ae_title,
         tls_args=tls_args,
-        evt_handlers=[(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))],
+        evt_handlers=[
+            (evt.EVT_CONN_OPEN, _no_delay),
+            (evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive)),
+        ],
     )
     if assoc.is_established:
         return assoc
@@ -104,24 +110,54 @@ def _associate(
     raise DestinationUnavailable(f"association to {where} {state}")
 
 
+def configure_sending() -> None:
+    """Set pynetdicom's process-wide option for sending. Called once by the entry
+    point of each sending process (pynetdicom reads it as a module global)."""
+    # A result file whose transfer syntax the peer accepted is sent as its bytes,
+    # in chunks from the file, instead of being decoded and encoded again (a lung
+    # SEG holds hundreds of per-frame items: ~0.1 s each way).
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def _no_delay(event: Any) -> None:
+    """EVT_CONN_OPEN: turn Nagle's algorithm off on the association's socket.
+    Without it the last PDU of a message waits for the peer's delayed ACK
+    (~40 ms per C-STORE on loopback, see shared/FACTS.md)."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class PynetdicomConnection:
     def __init__(self, assoc: Any, destination: Destination) -> None:
         self._assoc = assoc
         self._where = _where(destination)
-        self._accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        self._syntaxes: dict[str, set[str]] = {}  # accepted SOP class -> transfer syntaxes
+        for cx in assoc.accepted_contexts:
+            self._syntaxes.setdefault(str(cx.abstract_syntax), set()).add(
+                str(cx.transfer_syntax[0])
+            )
 
     def store(self, path: Path) -> StoreResult:
         try:
-            ds = dcmread(path)
+            meta = read_file_meta_info(path)
+            sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
+            syntax = str(meta.get("TransferSyntaxUID", ""))
+            # The file as it is when the peer accepted its syntax; else decoded, for
+            # pynetdicom to encode in a syntax the peer accepted.
+            dataset: Path | Dataset = path
+            if syntax not in self._syntaxes.get(sop_class, ()):
+                dataset = dcmread(path)
+                sop_class = str(dataset.get("SOPClassUID", ""))
         except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
             raise UnreadableResult(f"result file unreadable ({type(exc).__name__})") from None
-        if str(ds.get("SOPClassUID", "")) not in self._accepted:
+        if sop_class not in self._syntaxes:
             raise DestinationRefused(f"{self._where} accepted no presentation context for the "
                                      "result's SOP class")  # fmt: skip
         if not self._assoc.is_established:
             raise DestinationUnavailable(f"association to {self._where} was lost")
         try:
-            status = self._assoc.send_c_store(ds)
+            status = self._assoc.send_c_store(dataset)
         except (ValueError, RuntimeError) as exc:
             raise DestinationUnavailable(f"C-STORE to {self._where} not sent "
                                          f"({type(exc).__name__})") from None  # fmt: skip

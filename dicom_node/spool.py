@@ -55,7 +55,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, make_parents: bool = True) -> None:
+def write_atomic(path: Path, data: bytes | memoryview, make_parents: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
 
     ``make_parents=False``: the folder must exist already (``FileNotFoundError``
@@ -366,7 +366,7 @@ class TicketFolder:
     def beat(self, token: str) -> None:
         write_atomic(self.path / "beat", token.encode("ascii", "replace"), make_parents=False)
 
-    def write_output(self, name: str, data: bytes) -> None:
+    def write_output(self, name: str, data: bytes | memoryview) -> None:
         self.out.mkdir(exist_ok=True)  # never parents: the ticket folder must exist
         write_atomic(self.out / check_name(name), data, make_parents=False)
 

@@ -14,6 +14,7 @@ sees them (``pipelines.sources``), so they never fail a job.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -99,6 +100,14 @@ def run_series(
         results = pipeline.encode(volume, prediction, uids)
     timings["encode"] = time.perf_counter() - start
     return RunResult(results, prediction, timings, emptied)
+
+
+def encoded(ds: Dataset) -> memoryview:
+    """``ds`` as the bytes of a DICOM file (preamble, file meta, data set), a view of
+    the encoder's buffer: written to disk as it is, without another copy."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getbuffer()
 
 
 def summarize(prediction: Any) -> dict[str, Any]:

@@ -21,9 +21,10 @@ import re
 from collections.abc import Iterable, Sequence
 
 from pydicom import config
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.valuerep import DA, DT, TM, validate_value
 
 # Demographic attributes outside group 0010 that results copy.
@@ -49,8 +50,11 @@ _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "
 _TEXT_VRS = frozenset({"LT", "ST", "UT", "UC"})
 
 
-def _is_demographic(elem: DataElement) -> bool:
-    return elem.tag.group in DEMOGRAPHIC_GROUPS or elem.keyword in STUDY_KEYWORDS
+_STUDY_TAGS = frozenset(tag_for_keyword(keyword) for keyword in STUDY_KEYWORDS)
+
+
+def _is_demographic(tag: BaseTag) -> bool:
+    return tag.group in DEMOGRAPHIC_GROUPS or tag in _STUDY_TAGS
 
 
 def _values(elem: DataElement) -> list[object]:
@@ -86,9 +90,12 @@ def _valid(elem: DataElement, iso2022: bool) -> bool:
 def _clean(ds: Dataset, found: set[str], depth: int, inside: bool, iso2022: bool) -> None:
     """``inside``: ``ds`` is an item of a demographic sequence, where every
     attribute counts as demographic."""
-    for elem in list(ds):
-        if not (inside or _is_demographic(elem)):
+    # Look at the tags first: only the elements checked are decoded from the file's
+    # bytes (a CT slice holds ~100 elements, a handful of them demographic).
+    for tag in list(ds.keys()):
+        if not (inside or _is_demographic(tag)):
             continue
+        elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value if depth < 4 else ():
                 _clean(item, found, depth + 1, True, iso2022)

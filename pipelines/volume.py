@@ -23,6 +23,7 @@ import numpy as np
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pipelines.base import SeriesNotUsable, Volume
 from pipelines.model import aligned_empty
@@ -34,6 +35,7 @@ SPACING_TOLERANCE_FRACTION = 0.01
 TILT_TOLERANCE_MM = 0.05
 TILT_TOLERANCE_FRACTION = 0.002  # in-plane drift per mm along the normal (~0.1 degree)
 
+_NATIVE_LITTLE_ENDIAN = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 _TAGS = {
     "ImageOrientationPatient": "(0020,0037)",
     "ImagePositionPatient": "(0020,0032)",
@@ -233,11 +235,14 @@ def _read_voxels(ordered: Sequence[Dataset], *, flip_y: bool, flip_x: bool) -> n
             plane = plane[::-1]
         if flip_x:
             plane = plane[:, ::-1]
-        voxels[z] = _to_hu(plane, ds)
+        _to_hu(plane, ds, voxels[z])
     return voxels
 
 
 def _decode(ds: Dataset, z: int) -> np.ndarray:
+    native = _read_native(ds)
+    if native is not None:
+        return native
     try:
         plane = pixel_array(deferred_path(ds) or ds)
     except Exception as exc:  # any decoder failure means: cannot use this series
@@ -254,6 +259,42 @@ def _decode(ds: Dataset, z: int) -> np.ndarray:
     return plane
 
 
+def _read_native(ds: Dataset) -> np.ndarray | None:
+    """The (Rows, Columns) plane of an uncompressed little-endian 16-bit image, read
+    straight from the bytes (from its offset in the file when Pixel Data was
+    deferred); None for anything else (compressed, 8- or 32-bit, big endian),
+    which pydicom's decoders handle. Same values as ``pixel_array``: bits above
+    BitsStored are ignored (sign-extended when PixelRepresentation is 1)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if not (
+        syntax in _NATIVE_LITTLE_ENDIAN
+        and ds.get("BitsAllocated") == 16
+        and int(ds.get("SamplesPerPixel") or 1) == 1
+    ):
+        return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    dtype = np.dtype("<i2" if ds.get("PixelRepresentation") == 1 else "<u2")
+    element = ds.get_item(0x7FE00010, keep_deferred=True)
+    value = element.value if element is not None else None
+    filename = getattr(ds, "filename", None)
+    if isinstance(value, bytes) and len(value) == rows * cols * 2:
+        plane = np.frombuffer(value, dtype).reshape(rows, cols)
+    elif (
+        isinstance(element, RawDataElement)
+        and value is None
+        and element.length == rows * cols * 2
+        and isinstance(filename, str)
+    ):
+        plane = np.fromfile(filename, dtype, count=rows * cols, offset=element.value_tell)
+        plane = plane.reshape(rows, cols)
+    else:
+        return None
+    unused = 16 - int(ds.get("BitsStored") or 16)
+    if 0 < unused < 16:
+        plane = np.right_shift(np.left_shift(plane, unused), unused)
+    return plane
+
+
 def deferred_path(ds: Dataset) -> str | None:
     """The file to decode from when Pixel Data was not read yet (``defer_size``):
     decoding from the file leaves the caller's dataset small."""
@@ -264,21 +305,28 @@ def deferred_path(ds: Dataset) -> str | None:
     return None
 
 
-def _to_hu(plane: np.ndarray, ds: Dataset) -> np.ndarray:
-    return hounsfield(plane, *_rescale_of(ds))
+def _to_hu(plane: np.ndarray, ds: Dataset, out: np.ndarray) -> None:
+    hounsfield(plane, *_rescale_of(ds), out=out)
 
 
 def _rescale_of(ds: Dataset) -> tuple[float, float]:
     return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
-def hounsfield(plane: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """Stored values -> int16 HU (rounded, clipped to the int16 range)."""
+def hounsfield(
+    plane: np.ndarray, slope: float, intercept: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Stored values -> int16 HU (rounded, clipped to the int16 range), into
+    ``out`` when given (an int16 array of the plane's shape)."""
     if slope == 1.0 and intercept.is_integer():
-        hu = plane.astype(np.int32) + int(intercept)
+        hu = np.add(plane, int(intercept), dtype=np.int32, casting="unsafe")
     else:
         hu = np.rint(plane.astype(np.float32) * np.float32(slope) + np.float32(intercept))
-    return np.clip(hu, -32768, 32767).astype(np.int16)
+    np.clip(hu, -32768, 32767, out=hu)
+    if out is None:
+        return hu.astype(np.int16)
+    out[...] = hu
+    return out
 
 
 def without_pixels(ds: Dataset) -> Dataset:
@@ -286,7 +334,8 @@ def without_pixels(ds: Dataset) -> Dataset:
     copy = Dataset()
     for tag in ds.keys():
         if tag.group != 0x7FE0:
-            copy[tag] = ds[tag]
+            # As read: an element not decoded yet is decoded only if someone reads it.
+            copy[tag] = ds.get_item(tag, keep_deferred=True)
     if hasattr(ds, "file_meta"):
         copy.file_meta = ds.file_meta
     return copy

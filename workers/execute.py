@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import io
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from dicom_node.settings import Settings
 from dicom_node.spool import Spool, TicketFolder, UnsafeUid
 from pipelines.base import Pipeline, PipelineFailed, SeriesNotUsable
 from pipelines.manifest import ManifestError
-from pipelines.runner import StageError, run_series, summarize
+from pipelines.runner import StageError, encoded, run_series, summarize
 from pipelines.sources import describe
 from pipelines.uids import DerivedUids
 from workers.models import ModelCache, ModelLoadFailed
@@ -286,8 +285,6 @@ def _write_outputs(ticket: TicketFolder, datasets: list[Dataset]) -> list[str]:
     names = []
     for n, ds in enumerate(datasets, start=1):
         name = f"{str(ds.Modality).lower()}-{n}.dcm"
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        ticket.write_output(name, buffer.getvalue())
+        ticket.write_output(name, encoded(ds))
         names.append(name)
     return names

@@ -247,7 +247,8 @@ class Redis(_Process):
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-# DICOM_NODE_TEST_DATABASE=postgresql puts every test node's tables in PostgreSQL.
+# DICOM_NODE_TEST_DATABASE=postgresql puts every test node's tables in PostgreSQL
+# (the same name as tests.support.postgres.TEST_DATABASE, which needs psycopg).
 TEST_DATABASE = "DICOM_NODE_TEST_DATABASE"
 _databases: dict[Path, str] = {}
 

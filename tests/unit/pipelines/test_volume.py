@@ -195,3 +195,32 @@ def test_deferred_pixel_data_is_decoded_from_the_file(tmp_path: Path) -> None:
 
     np.testing.assert_array_equal(volume.voxels, hu)
     assert all(ds.get_item(0x7FE00010, keep_deferred=True).value is None for ds in datasets)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("deferred", [False, True])
+def test_bits_above_bits_stored_are_ignored_as_pydicom_does(
+    tmp_path: Path, signed: bool, deferred: bool
+) -> None:
+    hu = _random_hu(seed=4) // 4  # fits 12 signed bits
+    datasets = _datasets(hu, signed=signed)
+    for ds in datasets:
+        stored = np.frombuffer(ds.PixelData, np.int16 if signed else np.uint16)
+        if signed:
+            ds.BitsStored, ds.HighBit = 12, 11
+        noisy = stored.view(np.uint16) & 0x0FFF | 0xA000  # garbage in the unused bits
+        ds.PixelData = noisy.tobytes()
+        ds.save_as(tmp_path / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    paths = sorted(tmp_path.iterdir())
+    expected = {}
+    for path in paths:  # what pydicom's decoder makes of each file, in HU
+        ds = pydicom.dcmread(path)
+        hu_plane = ds.pixel_array.astype(np.int32) + int(ds.RescaleIntercept)
+        expected[str(ds.SOPInstanceUID)] = hu_plane
+    read = [pydicom.dcmread(p, defer_size=64 if deferred else None) for p in paths]
+
+    volume = load_ct_volume(read)
+
+    assert len(volume.voxels) == len(paths)
+    for ds, plane in zip(volume.sources, volume.voxels, strict=True):
+        np.testing.assert_array_equal(plane, expected[str(ds.SOPInstanceUID)])
