@@ -10,7 +10,12 @@
    (shipped defaults, ``rules: []``, fsync and index commit before every
    Success, ``receive.processes`` from ``--processes``): once over one
    association, once over four concurrent associations (four ``storescu`` with
-   a quarter of the files each). Prints instances/s and node/storescp ratios.
+   a quarter of the files each). Each push goes to a fresh node (empty spool
+   and index) as each storescp push goes to an empty folder: every instance is
+   new on both sides. Prints instances/s and node/storescp ratios, and the
+   durable floor measured just before each node push (``durable_floor``: the
+   median ms of one file fsync, rename, folder fsync and SQLite commit on the
+   node's disk; 1000/floor is what one association could reach at best).
 3. ``--jpeg-ls``: the same files compressed with ``dcmcjpls`` (lossless), sent
    to both as they are (stored as received, so no slower than uncompressed).
 4. ``--rss-push N``: pushes N instances (the files sent again and again over four
@@ -91,6 +96,39 @@ def push(
     return elapsed
 
 
+def durable_floor(folder: Path, rounds: int = 20) -> float:
+    """Median ms of what the node does durably per instance, alone, in ``folder``
+    (on the node's disk, just before its push): write 512 KiB, fsync it, rename it,
+    fsync the folder, commit one row to SQLite (WAL, synchronous=FULL). No
+    receiving, no parsing: the floor the disk sets on one association right now."""
+    import sqlite3
+    import statistics
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "d").mkdir(exist_ok=True)
+    db = sqlite3.connect(folder / "floor.sqlite", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+    data = os.urandom(512 * 1024)
+    times = []
+    for n in range(rounds):
+        start = time.perf_counter()
+        fd = os.open(folder / f"{n}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(folder / f"{n}.tmp", folder / "d" / f"{n}.dcm")
+        dfd = os.open(folder / "d", os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+        db.execute("INSERT INTO t VALUES (?)", (n,))
+        times.append(time.perf_counter() - start)
+    db.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return statistics.median(times) * 1000
+
+
 def node_tree_rss(pid: int) -> int:
     proc = psutil.Process(pid)
     total = 0
@@ -130,36 +168,54 @@ def main() -> int:
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_for(lambda: port_open(scp_port), 30, "storescp to listen")
-        node = NodeProcess(
-            work / "node",
-            {
-                # --processes 0: no receive section (a checkout from before it existed)
-                **(
-                    {"receive": {"processes": args.processes, "engine": args.engine}}
-                    if args.processes
-                    else {}
-                ),  # fmt: skip
-                "storage": {"dir": "var", "retention_hours": 0},
-                "rules": [],
-            },
-            tree=args.tree,
-        ).start()
+        config = {
+            # --processes 0: no receive section (a checkout from before it existed)
+            **(
+                {"receive": {"processes": args.processes, "engine": args.engine}}
+                if args.processes
+                else {}
+            ),  # fmt: skip
+            "storage": {"dir": "var", "retention_hours": 0},
+            "rules": [],
+        }
+        runs = iter(range(100))
+
+        def fresh_node(old: NodeProcess | None) -> NodeProcess:
+            """A node on an empty spool and index for every push, as storescp writes
+            into an empty folder: every instance is new to both."""
+            if old is not None:
+                old.stop()
+                shutil.rmtree(old.folder, ignore_errors=True)
+            fresh = NodeProcess(work / f"node{next(runs)}", dict(config), tree=args.tree).start()
+            # Pushed only once it has settled: its embedded worker started (it imports
+            # for seconds) and every receiving process listens.
+            wait_for(lambda: " ready." in fresh.log(), 120, "the embedded worker")
+            incoming = fresh.folder / "var" / "incoming"
+            wait_for(lambda: len(list(incoming.glob("*.[0-9]*"))) >= max(1, args.processes), 60,
+                     "the receiving processes")  # fmt: skip
+            return fresh
+
+        node: NodeProcess | None = None
         try:
             print(f"{args.instances} CT instances 512x512 16-bit; node receive.processes="
                   f"{args.processes}, engine {args.engine}; load average"
                   f" {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
-            print(f"{'input':<18} {'assocs':>6} {'storescp/s':>11} {'node/s':>8} {'ratio':>6}")
+            print(f"{'input':<18} {'assocs':>6} {'storescp/s':>11} {'node/s':>8} {'ratio':>6}"
+                  f" {'floor ms':>8}")  # fmt: skip
             for name, (files, propose) in sets.items():
                 for assocs in (1, 4):
                     ref = push(scp_port, "STORESCP", files, assocs, propose)
                     shutil.rmtree(work / "storescp", ignore_errors=True)
                     (work / "storescp").mkdir()
+                    node = fresh_node(node)
+                    floor = durable_floor(node.folder / "var" / "floor")
                     got = push(node.port, "DICOM-NODE", files, assocs, propose)
                     rate_ref, rate = len(files) / ref, len(files) / got
                     print(f"{name:<18} {assocs:>6} {rate_ref:>11.0f} {rate:>8.0f}"
-                          f" {rate / rate_ref:>6.2f}", flush=True)  # fmt: skip
+                          f" {rate / rate_ref:>6.2f} {floor:>8.2f}", flush=True)  # fmt: skip
             print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             if args.rss_push:
+                node = fresh_node(node)
                 assert node.proc is not None
                 samples: list[int] = []
                 done = threading.Event()
@@ -184,7 +240,7 @@ def main() -> int:
                       f" first 10% peak {max(mb[:tenth]):.0f} MB, overall peak {max(mb):.0f} MB,"
                       f" last {mb[-1]:.0f} MB (node + receiving processes)")  # fmt: skip
         finally:
-            if node.stop() != 0:
+            if node is not None and node.stop() != 0:
                 print(node.log()[-3000:])
             scp.terminate()
             scp.wait()

@@ -49,7 +49,7 @@ from tests.support.wait import wait_for  # noqa: E402
 
 SPACING = (5.0, 1.2, 1.2)
 ENGINES = ("sqlite", "postgresql")
-ROUNDS = 3  # ingest pushes per engine and association count
+ROUNDS = 6  # ingest pushes per engine and association count
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
@@ -237,7 +237,7 @@ def record_ms(targets: dict[str, str | Path], n: int = 600) -> dict[str, tuple[f
 def ingest(studies: int) -> None:
     """Both nodes run side by side; their pushes alternate, so both see the same load."""
     print(f"\n## SQLite vs PostgreSQL: ingest of {studies}x24 instances (no rules),"
-          " 1 and 4 associations, both nodes up, pushes alternating")  # fmt: skip
+          f" 1 and 4 associations, both nodes up, {ROUNDS} rounds of pushes")  # fmt: skip
     print(f"load before: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         tmp = Path(name)
@@ -248,20 +248,22 @@ def ingest(studies: int) -> None:
                 site.node.config["rules"] = []
                 site.start(0, 2)
             rates: dict[tuple[str, int], list[float]] = {}
-            for _ in range(ROUNDS):
+            for round_ in range(ROUNDS):
                 for associations in (1, 4):
-                    for engine, site in sites.items():
+                    order = ENGINES if round_ % 2 == 0 else ENGINES[::-1]  # neither always first
+                    for engine in order:
+                        site = sites[engine]
                         paths = [p for _ in range(studies) for p in site.series("ingest")]
                         seconds = push(site.node.port, paths, associations)
                         rates.setdefault((engine, associations), []).append(len(paths) / seconds)
             for associations in (1, 4):
-                best = {e: max(rates[(e, associations)]) for e in ENGINES}
-                print(f"{associations} association(s): "
-                      + ", ".join(f"{e} {best[e]:6.1f}/s" for e in ENGINES)
-                      + f", PostgreSQL/SQLite {best['postgresql'] / best['sqlite']:.2f}"
-                      + f" (best of {ROUNDS}; all: "
-                      + "; ".join(f"{e} " + " ".join(f"{r:.0f}" for r in rates[(e, associations)])
-                                  for e in ENGINES) + ")")  # fmt: skip
+                sqlite, pg = rates[("sqlite", associations)], rates[("postgresql", associations)]
+                ratios = sorted(b / a for a, b in zip(sqlite, pg, strict=True))
+                medians = statistics.median(sqlite), statistics.median(pg)
+                print(f"{associations} association(s): median sqlite {medians[0]:6.1f}/s,"
+                      f" postgresql {medians[1]:6.1f}/s;"
+                      f" PostgreSQL/SQLite per round: median {statistics.median(ratios):.2f}"
+                      f" (all: {' '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
         finally:
             for site in sites.values():
                 site.stop()

@@ -100,6 +100,12 @@ class Index:
         files and rows, never runs between a file's move and its row. A crash
         after the move and before the commit leaves a file without a row, which
         ``unindexed`` finds at the next start (it was never answered Success).
+
+        Two nodes storing one instance take turns on a lock of the instance, and
+        writers of one series' counts and facts (and a purge of it) on a lock of
+        the series: SQLite's write transactions are serial anyway; PostgreSQL
+        takes both as transaction-scoped advisory locks, first thing in
+        ``index_record`` (``_record_in_one_call``), before ``place`` runs.
         """
         now = time.time() if now is None else now
         if self.db.dialect == "postgresql":

@@ -81,10 +81,13 @@ class EmbeddedWorkers:
     def start(self) -> None:
         self._stop_orphan()
         self.proc = subprocess.Popen(self.command, start_new_session=True)
-        self.pidfile.write_text(str(self.proc.pid))
         self.started_at = self.clock()
-        self.restart_at = None
+        self.restart_at = None  # set before anything can fail: one start, one process
         logger.info("embedded worker started (pid %d)", self.proc.pid)
+        try:
+            self.pidfile.write_text(str(self.proc.pid))
+        except OSError as exc:  # storage gone: the worker runs; a later node cannot find it
+            logger.error("could not write the embedded worker's pid file: %s", exc.strerror)
 
     def _stop_orphan(self) -> None:
         """A worker left behind by a node that was killed (SIGKILL, power cut of the

@@ -7,6 +7,7 @@ when ``CI=true``.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -32,6 +33,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Debian's dcmtk leaves Nagle's algorithm on: ~22 instances/s without this.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def die_with_the_tests() -> None:
+    """``preexec_fn`` of every peer: SIGTERM when the test process dies (a killed or
+    timed-out pytest must not leave nodes, workers or archives running)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def require(binary: str) -> str:
@@ -136,7 +143,10 @@ class Orthanc(_Process):
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         log = open(self.folder / "orthanc.log", "wb")
         self.proc = subprocess.Popen(
-            [binary, str(self.folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
+            [binary, str(self.folder / "orthanc.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_the_tests,
         )
         wait_for(lambda: self._alive(), 60, "Orthanc to answer on HTTP")
         return self
@@ -205,6 +215,7 @@ class Storescp(_Process):
             env=DCMTK_ENV,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_the_tests,
         )
         wait_for(lambda: port_open(self.port), 30, "storescp to listen")
         return self
@@ -238,6 +249,7 @@ class Redis(_Process):
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_the_tests,
         )
         wait_for(lambda: port_open(self.port), 30, "redis-server to listen")
         return self
@@ -247,7 +259,8 @@ class Redis(_Process):
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-# DICOM_NODE_TEST_DATABASE=postgresql puts every test node's tables in PostgreSQL.
+# DICOM_NODE_TEST_DATABASE=postgresql puts every test node's tables in PostgreSQL
+# (the same name as tests.support.postgres.TEST_DATABASE, which needs psycopg).
 TEST_DATABASE = "DICOM_NODE_TEST_DATABASE"
 _databases: dict[Path, str] = {}
 
@@ -304,6 +317,7 @@ class NodeProcess:
             stderr=subprocess.STDOUT,
             cwd=self.folder,
             env={**os.environ, "PYTHONPATH": str(self.tree)},
+            preexec_fn=die_with_the_tests,
         )
         if wait_listening and self.command == "serve":
             wait_for(self._listening, 60, "the node to listen")
@@ -326,6 +340,7 @@ class NodeProcess:
             timeout=120,
             cwd=self.folder,  # not the caller's folder: `-m` puts the cwd first on sys.path
             env={**os.environ, "PYTHONPATH": str(self.tree)},
+            preexec_fn=die_with_the_tests,
         )
 
     def database(self) -> Database:

@@ -17,6 +17,8 @@ import psycopg
 from dicom_node.postgres import create_database, drop_database
 from tests.support.wait import wait_for
 
+# DICOM_NODE_TEST_DATABASE=postgresql puts every test node's tables in PostgreSQL.
+TEST_DATABASE = "DICOM_NODE_TEST_DATABASE"
 SERVER = os.environ.get("DICOM_NODE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 _made: list[str] = []
 _numbers = itertools.count(1)
@@ -55,6 +57,14 @@ def fresh_database() -> str:
     create_database(server, name)
     _made.append(name)
     return server.rsplit("/", 1)[0] + "/" + name
+
+
+def suite_database(folder: Path) -> str | Path:
+    """Where a test keeps a node's tables: ``node.sqlite`` in ``folder``, or a fresh
+    PostgreSQL database in the suite's PostgreSQL run (``DICOM_NODE_TEST_DATABASE``)."""
+    if os.environ.get(TEST_DATABASE) == "postgresql":
+        return fresh_database()
+    return folder / "node.sqlite"
 
 
 def drop_all() -> None:

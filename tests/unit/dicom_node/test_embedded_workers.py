@@ -54,3 +54,23 @@ def test_a_worker_that_ran_a_while_before_dying_starts_the_backoff_again(tmp_pat
     wait_for(lambda: proc.poll() is not None, 10, "the worker to exit")
     workers.check()
     assert workers.deaths == 1 and workers.restart_at == clock.now + 1.0
+
+
+def test_storage_removed_under_the_node_never_starts_a_second_worker(tmp_path, caplog):
+    """The pid file cannot be written (its folder is gone): the worker that started is
+    the one supervised, and ticks that find it running start nothing more."""
+    clock = Clock()
+    sleeps = [sys.executable, "-c", "import time; time.sleep(60)"]
+    workers = EmbeddedWorkers(sleeps, grace=5, pidfile=tmp_path / "gone" / "worker.pid",
+                              clock=clock)  # fmt: skip
+    caplog.set_level(logging.INFO, logger="dicom_node.node")
+    workers.start()
+    first = workers.proc
+    assert first is not None and workers.restart_at is None
+    for _ in range(5):
+        clock.now += 10
+        workers.check()
+    assert workers.proc is first and first.poll() is None
+    assert "could not write the embedded worker's pid file" in caplog.text
+    workers.stop()
+    assert first.poll() is not None

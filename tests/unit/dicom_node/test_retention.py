@@ -1,8 +1,11 @@
+import threading
+
 from dicom_node.index import Index, InstanceRecord
 from dicom_node.jobs import Jobs, JobState, Move
 from dicom_node.retention import purge_sources
 from dicom_node.settings import StorageSettings
 from dicom_node.spool import Spool
+from tests.support.wait import wait_for
 
 
 def stored(tmp_path, index, spool, series, now):
@@ -73,3 +76,43 @@ def test_a_file_moved_in_and_indexed_in_one_transaction_is_never_purged_half_way
     assert index.unindexed(spool.instance_files(older_than=time.time() - 600)) == [], (
         "a file just moved in may belong to another node's open transaction"
     )
+
+
+def test_a_purge_waits_for_an_instance_another_node_is_storing_in_its_series(tmp_path, open_db):
+    """Node A is storing an instance of a series (its file moved in, its rows not yet
+    committed) while node B purges that series: B waits for A's commit, then sees the
+    new instance and leaves the series whole."""
+    index, other = Index(open_db()), Index(open_db())
+    spool = Spool(tmp_path)
+    first = stored(tmp_path, index, spool, "1.2.3", now=0.0)
+    [study] = index.studies_to_route()
+    index.mark_routed(study.study_uid, study.revision)
+    incoming = spool.incoming(1) / "x.dcm"
+    incoming.write_bytes(b"new")
+    rel = spool.instance_relpath("1.2", "1.2.3", "1.2.3.2")
+    placed, go = threading.Event(), threading.Event()
+
+    def place() -> None:
+        spool.place(incoming, rel)
+        placed.set()
+        assert go.wait(30)
+
+    record = threading.Thread(target=lambda: other.record(
+        InstanceRecord("1.2", "1.2.3", "1.2.3.2", "1.2.840.10008.5.1.4.1.1.2", rel, 3),
+        now=5.0, place=place))  # fmt: skip
+    record.start()
+    assert placed.wait(30)
+    purged: list[int] = []
+    purge = threading.Thread(target=lambda: purged.append(
+        index.forget_series("1.2.3", spool.remove, received_before=1.0)))  # fmt: skip
+    purge.start()
+    if index.db.dialect == "postgresql":  # SQLite: the purge queues on the file lock
+        wait_for(lambda: index.db.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+                                        " AND NOT granted"), 30, "the purge to wait")  # fmt: skip
+    go.set()
+    record.join(30)
+    purge.join(30)
+    assert purged == [0]
+    assert first.exists() and (tmp_path / rel).read_bytes() == b"new"
+    [series] = index.series_of("1.2")
+    assert series.instances == 2 and index.counts()["instances"] == 2

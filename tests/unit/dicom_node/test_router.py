@@ -4,8 +4,11 @@ policies; discard; first match only. The broker is a recording callable."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from dicom_node import facts as header
 from dicom_node.dispatch import Dispatcher
@@ -14,7 +17,8 @@ from dicom_node.jobs import Jobs
 from dicom_node.outbox import Outbox
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
-from dicom_node.state import open_database
+from dicom_node.state import Database, open_database
+from tests.support import postgres
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 STUDY = "1.2"
@@ -30,6 +34,16 @@ class Broker:
         self.keywords.append(keywords)
 
 
+_opened: list[Database] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_databases() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 def node(tmp_path: Path, rules: list[dict[str, Any]], apply: str = "all"):
     settings = Settings.model_validate({
         "node": {"stable_after_seconds": 10},
@@ -38,7 +52,8 @@ def node(tmp_path: Path, rules: list[dict[str, Any]], apply: str = "all"):
         "destinations": {"archive": {"ae_title": "ARCH", "host": "127.0.0.1", "port": 104}},
         "rules": rules,
     })  # fmt: skip
-    db = open_database(tmp_path / "node.sqlite")
+    db = open_database(postgres.suite_database(tmp_path))  # PostgreSQL in the suite's PG run
+    _opened.append(db)
     broker = Broker()
     spool = Spool(tmp_path)
     spool.create()

@@ -13,6 +13,7 @@ from dicom_node.jobs import Jobs
 from dicom_node.leader import FileLease, PostgresLease, lease_for
 from dicom_node.postgres import redact
 from dicom_node.state import SCHEMA_VERSION, SchemaTooNew, SqliteDatabase, open_database
+from tests.support import postgres
 from tests.support.wait import wait_for
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -103,6 +104,43 @@ def test_an_sqlite_file_from_before_schema_versions_is_migrated(tmp_path: Path):
     assert job is not None and (job.state, job.ticket, job.queue, job.lane) == (
         "done", 0, "default", "normal")  # fmt: skip
     assert db.query("SELECT version FROM schema_version")[0][0] == SCHEMA_VERSION
+
+
+def test_a_postgresql_database_of_schema_version_5_gets_the_record_function():
+    url = postgres.fresh_database()
+    db = open_database(url)
+    with db.transaction() as conn:  # as a node of schema version 5 left it
+        conn.execute("DROP FUNCTION index_record")
+        conn.execute("UPDATE schema_version SET version = 5")
+    db.close()
+    db = open_database(url)
+    try:
+        rec = InstanceRecord("1.2", "1.2.3", "1.2.3.4", CT, "spool/a.dcm", 10)
+        assert Index(db).record(rec) == (True, None)
+        assert db.query("SELECT version FROM schema_version")[0][0] == SCHEMA_VERSION
+    finally:
+        db.close()
+
+
+def test_an_instance_filed_again_under_another_series_moves_there_on_both_engines(open_db):
+    index = Index(open_db())
+    facts = {"00080060": ["CT"]}
+    index.record(InstanceRecord("1.2", "1.2.3", "1.2.3.9", CT, "spool/a.dcm", 10, facts=facts))
+    index.record(InstanceRecord("1.2", "1.2.3", "1.2.3.8", CT, "spool/b.dcm", 10, facts=facts))
+    removed: list[str] = []
+    new, replaced = index.record(
+        InstanceRecord("1.2", "1.2.4", "1.2.3.9", CT, "spool/c.dcm", 10, facts=facts),
+        remove=removed.append,
+    )
+    assert (new, replaced, removed) == (True, None, ["spool/a.dcm"])
+    assert {s.series_uid: s.instances for s in index.series_of("1.2")} == {"1.2.3": 1, "1.2.4": 1}
+    assert index.record(
+        InstanceRecord("1.2", "1.2.4", "1.2.3.9", CT, "spool/c.dcm", 10, facts=facts)
+    ) == (False, None)
+    [study] = index.studies_to_route()
+    assert study.revision == 3
+    [_, moved] = index.series_of("1.2")
+    assert moved.facts["00080060"] == ["CT"] and moved.first_received > 0
 
 
 def test_a_database_password_never_reaches_logs_or_status():

@@ -1,0 +1,104 @@
+"""brain-t1 (a manifest pipeline) on the ITK T1 head as multi-frame MR: Enhanced MR
+written by this repository (frames shuffled) and Legacy Converted Enhanced MR made by
+PixelMed. Same brain as the classic series (Dice against the expert mask, SR volume),
+SEG frames referencing the source frames, both validators clean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from pipelines.registry import discover
+from pipelines.runner import read_series, run_series
+from pipelines.uids import DerivedUids
+from tests.support import brain_mr
+from tests.support.enhanced import FrameOptions, enhanced, pixelmed_legacy, write
+from tests.support.validators import errors_in_seg, errors_in_sr
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Any:
+    return discover().get("brain-t1")
+
+
+@pytest.fixture(scope="module")
+def model(pipeline: Any) -> Any:
+    return pipeline.load_model()
+
+
+@pytest.fixture(scope="module")
+def brain(tmp_path_factory: pytest.TempPathFactory) -> brain_mr.BrainSeries:
+    if not brain_mr.available():
+        import os
+
+        message = f"{brain_mr.T1} missing: scripts/install.sh test installs it"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return brain_mr.write_brain_series(tmp_path_factory.mktemp("brain") / "series")
+
+
+def _enhanced_mr(brain: brain_mr.BrainSeries, folder: Path) -> list[Path]:
+    return write(enhanced(read_series(brain.paths), FrameOptions(shuffle=True, seed=9)), folder)
+
+
+def _pixelmed_legacy_mr(brain: brain_mr.BrainSeries, folder: Path) -> list[Path]:
+    return pixelmed_legacy(brain.paths[0].parent, folder)
+
+
+PRODUCERS = {"enhanced-mr-shuffled": _enhanced_mr, "pixelmed-legacy-mr": _pixelmed_legacy_mr}
+
+
+def _masks_by_classic_instance(
+    seg: Dataset, sources: list[Dataset], brain: brain_mr.BrainSeries
+) -> dict[str, np.ndarray]:
+    """SEG frames by the classic instance at the position of the source frame each
+    one references."""
+    classic = {
+        tuple(np.round(np.asarray(ds.ImagePositionPatient, float), 2)): str(ds.SOPInstanceUID)
+        for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in brain.paths)
+    }
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    masks = {}
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+        source = by_uid[str(ref.ReferencedSOPInstanceUID)]
+        groups = source.PerFrameFunctionalGroupsSequence[int(ref.ReferencedFrameNumber) - 1]
+        where = groups.PlanePositionSequence[0].ImagePositionPatient
+        masks[classic[tuple(np.round(np.asarray(where, float), 2))]] = frame > 0
+    return masks
+
+
+@pytest.mark.parametrize("producer", PRODUCERS.values(), ids=PRODUCERS.keys())
+def test_multiframe_t1_head_gives_the_brain_with_frame_references(
+    pipeline: Any, model: Any, brain: brain_mr.BrainSeries, tmp_path: Path, producer: Any
+) -> None:
+    files = producer(brain, tmp_path / "multiframe")
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    assert [int(ds.NumberOfFrames) for ds in sources] == [len(brain.paths)]
+
+    result = run_series(pipeline, model, files, DerivedUids([p.name for p in files],
+                                                            "brain-t1", "1.0.0"))  # fmt: skip
+
+    paths = {}
+    for ds in result.datasets:
+        paths[ds.Modality] = tmp_path / f"{ds.Modality}.dcm"
+        ds.save_as(paths[ds.Modality], enforce_file_format=True)
+    assert errors_in_seg(paths["SEG"]) == []
+    assert errors_in_sr(paths["SR"]) == []
+    seg = pydicom.dcmread(paths["SEG"])
+    found = _masks_by_classic_instance(seg, sources, brain)
+    empty = np.zeros_like(next(iter(brain.masks.values())))
+    got = np.stack([found.get(uid, empty) for uid in brain.masks])
+    truth = np.stack(list(brain.masks.values()))
+    assert brain_mr.dice(got, truth) >= 0.90
+    volume = result.prediction.found[0].volume_ml
+    assert volume == pytest.approx(brain.volume_ml, rel=0.10)

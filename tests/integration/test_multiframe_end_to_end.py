@@ -1,0 +1,140 @@
+"""Multi-frame studies in, SEG + SR back in the archive: the whole node on real peers.
+
+dcmtk's ``storescu`` sends a chest phantom as multi-frame images to the node (run
+from the shipped config.yaml); the node routes it to lung-ct like a classic series
+and stores the SEG and SR in Orthanc, its ``archive``. The results must pass both
+validators, reference the source frames, and give lungs within Dice 0.95 of the
+phantom's truth.
+
+Producers: this repository's Enhanced CT writer (frames stored shuffled), and
+PixelMed's MultiFrameImageFactory (Legacy Converted Enhanced CT) re-encoded as
+JPEG-LS lossless by dcmtk's ``dcmcjpls``, the way an archive may hold it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from tests.integration.test_end_to_end import shipped_config
+from tests.support.compressed import SYNTAXES, convert
+from tests.support.ct_series import SENTINEL_PATIENT, SeriesOptions, write_ct_series
+from tests.support.enhanced import FrameOptions, enhanced, pixelmed_legacy, write
+from tests.support.peers import NodeProcess, Orthanc, storescu
+from tests.support.phantom import make_chest_phantom
+from tests.support.results import LABEL_OF_CODE, dice, sr_measurements
+from tests.support.validators import errors_in_seg, errors_in_sr
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.integration
+
+JPEG_LS_LOSSLESS = next(s for s in SYNTAXES if s.name == "jpeg-ls-lossless")
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Any:
+    return make_chest_phantom((60, 384, 384), (2.5, 0.9, 0.9), seed=11)
+
+
+def _enhanced_ct(classic: Path, folder: Path) -> list[Path]:
+    slices = [pydicom.dcmread(p) for p in sorted(classic.iterdir())]
+    return write(enhanced(slices, FrameOptions(shuffle=True, seed=3)), folder)
+
+
+def _pixelmed_jpeg_ls(classic: Path, folder: Path) -> list[Path]:
+    made = pixelmed_legacy(classic, folder / "pixelmed")
+    return [convert(JPEG_LS_LOSSLESS, p, folder / "jpeg-ls" / f"{p.name}.dcm") for p in made]
+
+
+# How storescu proposes each: -R, only the files' own SOP classes (its default list lacks
+# the Legacy Converted ones); -xt, JPEG-LS lossless (else it offers uncompressed only).
+PRODUCERS = {
+    "enhanced-ct-shuffled": (_enhanced_ct, ["-R"]),
+    "pixelmed-legacy-jpeg-ls": (_pixelmed_jpeg_ls, ["-R", "-xt"]),
+}
+
+
+def _frame_z(source: Dataset, number: int, z0: float, dz: float) -> int:
+    groups = source.PerFrameFunctionalGroupsSequence[number - 1]
+    z = float(groups.PlanePositionSequence[0].ImagePositionPatient[2])
+    return int(round((z - z0) / dz))
+
+
+def seg_labels_by_frame(seg: Dataset, sources: list[Dataset], shape: Any, z0: float, dz: float):
+    """(z, y, x) labels (2 right, 3 left) read back through the SEG's references to
+    the source frames, each frame placed at its source frame's position."""
+    segmentation = hd.seg.Segmentation.from_dataset(seg)
+    labels = np.zeros(shape, np.uint8)
+    for source in sources:
+        numbers = list(range(1, int(source.NumberOfFrames) + 1))
+        pixels = segmentation.get_pixels_by_source_frame(
+            str(source.SOPInstanceUID), numbers, combine_segments=True,
+            assert_missing_frames_are_empty=True,
+        )  # fmt: skip
+        for index, number in enumerate(numbers):
+            z = _frame_z(source, number, z0, dz)
+            for item in segmentation.SegmentSequence:
+                code = item.SegmentedPropertyTypeCodeSequence[0].CodeValue
+                labels[z][pixels[index] == item.SegmentNumber] = LABEL_OF_CODE[code]
+    return labels
+
+
+def _results(archive: Orthanc, study_uid: str) -> dict[str, str] | None:
+    by_modality = {}
+    for instance in archive.instances_of_study(study_uid):
+        tags = archive.get(f"/instances/{instance['ID']}/simplified-tags")
+        if tags.get("Modality") in ("SEG", "SR"):
+            by_modality[tags["Modality"]] = instance["ID"]
+    return by_modality if len(by_modality) == 2 else None
+
+
+@pytest.mark.parametrize("producer", PRODUCERS.values(), ids=PRODUCERS.keys())
+def test_multiframe_chest_ct_sent_by_storescu_gets_seg_and_sr_in_the_archive(
+    tmp_path: Path, phantom: Any, producer: Any
+) -> None:
+    make, proposal = producer
+    series = write_ct_series(tmp_path / "classic", phantom.hu,
+                             SeriesOptions(spacing=phantom.spacing))  # fmt: skip
+    files = make(tmp_path / "classic", tmp_path / "multiframe")
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    assert all(int(ds.NumberOfFrames) > 1 for ds in sources)
+    archive = Orthanc(tmp_path / "orthanc").start()
+    node = NodeProcess(tmp_path / "node", shipped_config(archive.aet, archive.dicom_port))
+    try:
+        node.start()
+        sent = storescu(node.port, files, extra=proposal)
+        assert sent.returncode == 0, sent.stderr
+        ids = wait_for(lambda: _results(archive, series.study_uid), 300,
+                       "SEG and SR in Orthanc", poll=1.0)  # fmt: skip
+        seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+        seg_path.write_bytes(archive.file(ids["SEG"]))
+        sr_path.write_bytes(archive.file(ids["SR"]))
+        assert errors_in_seg(seg_path) == []
+        assert errors_in_sr(sr_path) == []
+        seg, sr = pydicom.dcmread(seg_path), pydicom.dcmread(sr_path)
+        assert {str(i.ReferencedSOPInstanceUID) for i in seg.SourceImageSequence} == {
+            str(ds.SOPInstanceUID) for ds in sources
+        }
+        z0, dz = -300.0, phantom.spacing[0]  # SeriesOptions' origin and spacing
+        labels = seg_labels_by_frame(seg, sources, phantom.truth.shape, z0, dz)
+        voxel_ml = float(np.prod(phantom.spacing)) / 1000.0
+        found = sr_measurements(sr)
+        for label, name in ((2, "Right lung"), (3, "Left lung")):
+            assert dice(labels == label, phantom.truth == label) >= 0.95, name
+            truth_ml = float((phantom.truth == label).sum()) * voxel_ml
+            assert abs(found[name]["Volume"][0] - truth_ml) / truth_ml < 0.05, name
+        [job] = node.status()["recent_jobs"]
+        assert job["state"] == "done"
+        wait_for(lambda: node.status()["outbox"] == {"sent": 2}, 60, "outbox to drain")
+        log = node.log()
+        assert all(value not in log for value in SENTINEL_PATIENT.values())
+    finally:
+        code = node.stop()
+        archive.stop()
+    assert code == 0, node.log()
