@@ -9,6 +9,7 @@ counted once and does not change the revision.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -105,11 +106,9 @@ class Index:
         writers of one series' counts and facts (and a purge of it) on a lock of
         the series: SQLite's write transactions are serial anyway; PostgreSQL
         takes both as transaction-scoped advisory locks, first thing in
-        ``index_record`` (``_record_in_one_call``), before ``place`` runs.
+        ``index_record`` (``_record_in_server``), before ``place`` runs.
         """
         now = time.time() if now is None else now
-        if self.db.dialect == "postgresql":
-            return self._record_in_one_call(rec, now, place, remove)
         return self.record_batch([(rec, place)], now, remove)[0]
 
     def record_batch(
@@ -122,13 +121,10 @@ class Index:
         """``record`` for several instances in one write transaction (a group
         commit: one commit, and so one fsync of the index, for all of them), in
         order; ``before_commit`` runs last inside it (the spool's folder fsyncs).
-        Any exception rolls back all of them. On PostgreSQL, whose ``record`` is
-        one server call per instance, each instance has its own transaction and
-        ``before_commit`` runs inside each (after its ``place``)."""
+        Any exception rolls back all of them."""
         now = time.time() if now is None else now
         if self.db.dialect == "postgresql":
-            return [self._record_in_one_call(rec, now, place, remove, before_commit)
-                    for rec, place in items]  # fmt: skip
+            return self._record_in_server(items, now, remove, before_commit)
         with self.db.transaction() as conn:
             # Two nodes storing one instance, or one series' facts, take turns; the
             # locks are taken in one order (instances, then series) so batches of
@@ -190,70 +186,96 @@ class Index:
         self._count(conn, rec, now)
         return True, replaced
 
-    def _record_in_one_call(
+    def _record_in_server(
         self,
-        rec: InstanceRecord,
+        items: list[tuple[InstanceRecord, Callable[[], None] | None]],
         now: float,
-        place: Callable[[], None] | None,
         remove: Callable[[str], None] | None,
-        before_commit: Callable[[], None] | None = None,
-    ) -> tuple[bool, str | None]:
-        """``record`` on PostgreSQL: the statements above run in the server, in
-        ``index_record`` (``POSTGRES_FUNCTIONS``), sent with BEGIN; then the file
-        is placed, the facts merged here, and their update sent with COMMIT. Two
-        round trips instead of ten: a receiver waits on each, and on a busy
-        machine each one waits for the server's process to be scheduled."""
+        before_commit: Callable[[], None] | None,
+    ) -> list[tuple[bool, str | None]]:
+        """``record_batch`` on PostgreSQL: ``_record``'s statements run in the
+        server, one ``index_record`` call per instance (``POSTGRES_FUNCTIONS``),
+        all sent at once with BEGIN and the batch's locks; then the files are
+        placed and the facts merged here, and their updates sent with COMMIT. Two
+        round trips for the batch instead of about ten per instance: a receiver
+        waits on each, and on a busy machine each waits for the server's process
+        to be scheduled."""
+        keys = sorted({lock_number(f"instance {rec.sop_uid}") for rec, _ in items})
+        keys += sorted({lock_number(f"series {rec.series_uid}") for rec, _ in items})
+        with self.db.transaction(pipeline=True) as conn:
+            # In one order for every batch, so two nodes' batches never wait on
+            # each other in a cycle; index_record takes its own two again (a no-op).
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest(?::bigint[]) WITH ORDINALITY"
+                " AS t(k, n) ORDER BY n",
+                (keys,),
+            )
+            # By study too: the calls update their studies' rows in this order.
+            order = sorted(range(len(items)), key=lambda i: items[i][0].study_uid)
+            rows = [conn.execute(_CALL, self._arguments(items[i][0], now)) for i in order]
+            fetched = [cursor.fetchone() for cursor in rows]  # the first round trip
+            results: list[tuple[bool, str | None]] = [(False, None)] * len(items)
+            seen: dict[str, tuple[int, header.SeriesFacts]] = {}
+            changed: set[str] = set()
+            for i, row in zip(order, fetched, strict=True):
+                rec, place = items[i]
+                if place is not None:
+                    place()
+                results[i] = self._after_call(rec, row, remove, seen, changed)
+            for series_uid in sorted(changed):
+                rev, facts = seen[series_uid]
+                conn.execute(
+                    "UPDATE series SET facts = ?, facts_rev = ? WHERE series_uid = ?",
+                    (json.dumps(facts), rev, series_uid),
+                )
+            if before_commit is not None:
+                before_commit()
+        for series_uid, (rev, facts) in seen.items():  # committed
+            self._cache(series_uid, rev, facts)
+        return results
+
+    def _arguments(self, rec: InstanceRecord, now: float) -> tuple[Any, ...]:
         cached = self._facts.get(rec.series_uid)
         # NULL: the facts are not needed; -1: no copy here, send them.
         want = None if not rec.facts else (cached[0] if cached is not None else -1)
-        with self.db.transaction(pipeline=True) as conn:
-            row = conn.execute(
-                "SELECT * FROM index_record(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rec.sop_uid,
-                    rec.series_uid,
-                    rec.study_uid,
-                    rec.sop_class_uid,
-                    rec.path,
-                    rec.size,
-                    now,
-                    rec.modality,
-                    rec.body_part,
-                    rec.description,
-                    rec.protocol_name,
-                    rec.manufacturer,
-                    lock_number(f"instance {rec.sop_uid}"),
-                    lock_number(f"series {rec.series_uid}"),
-                    want,
-                ),
-            ).fetchone()
-            # The locks are held: a purge of this series waits for the commit.
-            if place is not None:
-                place()
-            if before_commit is not None:
-                before_commit()
-            if not row["is_new"]:
-                return False, None
-            replaced = row["replaced"]
-            if replaced is not None and remove is not None:
-                remove(replaced)
-                replaced = None
-            if rec.facts:
-                first, rev = row["first"], row["facts_rev"]
-                if first:
-                    facts: header.SeriesFacts = {}
-                elif row["facts"] is None and cached is not None:
-                    facts = cached[1]
-                else:
-                    facts = json.loads(row["facts"])
-                if header.merge(facts, rec.facts, first):
-                    rev += 1
-                    conn.execute(
-                        "UPDATE series SET facts = ?, facts_rev = ? WHERE series_uid = ?",
-                        (json.dumps(facts), rev, rec.series_uid),
-                    )
-                self._cache(rec.series_uid, rev, facts)
-            return True, replaced
+        return (rec.sop_uid, rec.series_uid, rec.study_uid, rec.sop_class_uid, rec.path,
+                rec.size, now, rec.modality, rec.body_part, rec.description,
+                rec.protocol_name, rec.manufacturer, lock_number(f"instance {rec.sop_uid}"),
+                lock_number(f"series {rec.series_uid}"), want)  # fmt: skip
+
+    def _after_call(
+        self,
+        rec: InstanceRecord,
+        row: Any,
+        remove: Callable[[str], None] | None,
+        seen: dict[str, tuple[int, header.SeriesFacts]],
+        changed: set[str],
+    ) -> tuple[bool, str | None]:
+        """One instance's ``index_record`` answer: remove a replaced file, merge
+        its facts into ``seen`` (series → its facts and their revision as of this
+        batch; ``changed``: those to write before the commit)."""
+        if not row["is_new"]:
+            return False, None
+        replaced = row["replaced"]
+        if replaced is not None and remove is not None:
+            remove(replaced)
+            replaced = None
+        if rec.facts:
+            first, rev = row["first"], row["facts_rev"]
+            cached = self._facts.get(rec.series_uid)
+            if rec.series_uid in seen and not first:
+                rev, facts = seen[rec.series_uid]  # newer than the call's answer
+            elif first:
+                facts = {}
+            elif row["facts"] is None and cached is not None:
+                facts = copy.deepcopy(cached[1])  # the cache changes only once committed
+            else:
+                facts = json.loads(row["facts"])
+            if header.merge(facts, rec.facts, first) and rec.series_uid not in changed:
+                rev += 1
+                changed.add(rec.series_uid)
+            seen[rec.series_uid] = (rev, facts)
+        return True, replaced
 
     def _count(self, conn: Connection, rec: InstanceRecord, now: float) -> None:
         conn.execute(
@@ -532,6 +554,7 @@ END
 $fn$
 """
 POSTGRES_FUNCTIONS = (POSTGRES_RECORD,)
+_CALL = "SELECT * FROM index_record(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 _COLUMNS = (
     "study_uid, series_uid, modality, body_part, description, protocol_name,"

@@ -111,9 +111,18 @@ class PostgresDatabase:
         self._create_schema()
 
     def _create_schema(self) -> None:
+        """Create or migrate the tables, one node at a time. A database already at
+        this version is only read: DDL on it (even ``CREATE INDEX IF NOT EXISTS``)
+        would take table locks against the running nodes' writes, and a receiver's
+        transaction could deadlock with every ``dicom-node status``."""
         statements = [s.strip() for s in SCHEMA.format(**POSTGRES_TYPES).split(";") if s.strip()]
         with self.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            if conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is not None:
+                row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+                check_version(row[0])
+                if row[0] == SCHEMA_VERSION:
+                    return
             for statement in statements:
                 conn.execute(statement)
             row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()

@@ -66,13 +66,17 @@ def add_frame_references(seg: Dataset, volume: Volume) -> None:
         item.DerivationImageSequence = [_derivation(volume.sources[index], number)]
 
 
-def segment_sources(volume: Volume, mask: np.ndarray) -> dict[str, Any]:
+def segment_sources(volume: Volume, labels: np.ndarray | None, label: int) -> dict[str, Any]:
     """``source_series`` or ``source_images`` for ``hd.sr.ReferencedSegment``;
-    ``mask``: (z, y, x) bool, where the segment is."""
+    the segment is where ``labels`` ((z, y, x) in the volume's grid) holds ``label``
+    (``labels`` None: on every slice). Only multi-frame sources look at it."""
     if not volume.frames:
         return {"source_series": hd.sr.SourceSeriesForSegmentation(
             str(volume.sources[0].SeriesInstanceUID))}  # fmt: skip
-    on = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+    if labels is None:
+        on = np.arange(len(volume.frames))
+    else:
+        on = np.flatnonzero((labels == label).reshape(len(labels), -1).any(axis=1))
     numbers: dict[int, list[int]] = {}
     for z in on:
         index, number = volume.frames[int(z)]

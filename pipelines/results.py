@@ -31,7 +31,8 @@ from pydicom.sr.coding import Code
 from pipelines.base import ResultUids, Volume
 from pipelines.manifest import CodeItem, Manifest, Segment
 from pipelines.postprocess import SegmentMeasures
-from pipelines.references import add_frame_references, seg_sources, segment_sources
+from pipelines.references import segment_sources
+from pipelines.seg import SegSeries, seg_from_labels
 
 PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
 SEG_SERIES_NUMBER = 9601
@@ -118,29 +119,29 @@ def build_seg(
     ``labels``: (slices, rows, columns) in ``volume``'s grid; empty frames omitted."""
     algorithm = _seg_algorithm(manifest)
     by_label = {s.label: s for s in manifest.outputs.segments}
-    descriptions = []
-    segment_map = np.zeros(labels.shape, dtype=np.uint8)
-    for number, measures in enumerate(found, start=1):
-        descriptions.append(_description(number, by_label[measures.label], algorithm))
-        segment_map[labels == measures.label] = number
-    seg = hd.seg.Segmentation(
-        **seg_sources(volume, segment_map),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=uids.uid("seg", "series"),
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=uids.uid("seg", "instance"),
-        **equipment(manifest),
-        series_description=(manifest.outputs.seg_series_description or f"{manifest.name} (AI)")[
-            :64
-        ],
-        content_label=manifest.name.upper().replace("-", "_").replace(".", "_")[:16],
-        content_description=manifest.algorithm.name[:64],
-        omit_empty_frames=True,
+    present = [by_label[m.label] for m in found]
+    segments = [(s.label, _description(n, s, algorithm)) for n, s in enumerate(present, start=1)]
+    return seg_from_labels(volume, labels, segments, _seg_series(manifest, present), uids)
+
+
+def _seg_series(manifest: Manifest, segments: Sequence[Segment]) -> SegSeries:
+    """The series of a manifest's SEG. Frame Anatomy: the region
+    (``outputs.finding_site``, else the first segment's type) and the segments'
+    laterality (R, L, B, or U for unpaired)."""
+    sides = {s.laterality for s in segments if s.laterality is not None}
+    if not sides:
+        laterality = "U"
+    else:
+        laterality = FRAME_LATERALITY[sides.pop()] if len(sides) == 1 else "B"
+    return SegSeries(
+        number=SEG_SERIES_NUMBER,
+        description=manifest.outputs.seg_series_description or f"{manifest.name} (AI)",
+        content_label=manifest.name.upper().replace("-", "_").replace(".", "_"),
+        content_description=manifest.algorithm.name,
+        equipment=equipment(manifest),
+        anatomy=code(manifest.outputs.finding_site or segments[0].type),
+        laterality=laterality,
     )
-    _add_frame_anatomy(seg, manifest, [by_label[m.label] for m in found])
-    add_frame_references(seg, volume)
-    return seg
 
 
 def _description(
@@ -160,21 +161,6 @@ def _description(
             hd.sr.CodedConcept.from_code(LATERALITY[segment.laterality])
         ]
     return description
-
-
-def _add_frame_anatomy(seg: Dataset, manifest: Manifest, segments: Sequence[Segment]) -> None:
-    """Shared Frame Anatomy: the region (``outputs.finding_site``, else the first
-    segment's type) and its laterality (R, L, B, or U for unpaired), which
-    PixelMed requires when the General Series has no Laterality."""
-    item = Dataset()
-    region = manifest.outputs.finding_site or segments[0].type
-    item.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(code(region))]
-    sides = {s.laterality for s in segments if s.laterality is not None}
-    if not sides:
-        item.FrameLaterality = "U"
-    else:
-        item.FrameLaterality = FRAME_LATERALITY[sides.pop()] if len(sides) == 1 else "B"
-    seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [item]
 
 
 def _cielab(rgb: tuple[int, int, int]) -> hd.color.CIELabColor:
@@ -235,11 +221,9 @@ def segment_groups(
     grid) tells a multi-frame source's frames each segment lies on."""
     algorithm = _sr_algorithm(manifest)
     by_label = {s.label: s for s in manifest.outputs.segments}
-    everywhere = np.ones(volume.voxels.shape[:1] + (1, 1), dtype=bool)
     groups = []
     for number, measures in enumerate(found, start=1):
         segment = by_label[measures.label]
-        mask = everywhere if labels is None else labels == measures.label
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
@@ -249,7 +233,7 @@ def segment_groups(
                     sop_class_uid=seg.SOPClassUID,
                     sop_instance_uid=seg.SOPInstanceUID,
                     segment_number=number,
-                    **segment_sources(volume, mask),
+                    **segment_sources(volume, labels, measures.label),
                 ),
                 finding_type=code(segment.type),
                 finding_sites=_sites(segment),

@@ -28,14 +28,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
-import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from pipelines.base import PipelineSpec, ResultUids, Volume
-from pipelines.references import add_frame_references, seg_sources, segment_sources
+from pipelines.references import segment_sources
+from pipelines.seg import SegSeries, seg_from_labels
 
 if TYPE_CHECKING:
     from pipelines.lung import LungMeasures, LungPrediction
@@ -102,27 +102,21 @@ def build_seg(
         version=spec.version,
         parameters={"model": prediction.model} if prediction.model else None,
     )
-    descriptions = []
-    segment_map = np.zeros(prediction.labels.shape, dtype=np.uint8)
-    for number, lung in enumerate(prediction.lungs, start=1):
-        descriptions.append(_segment_description(number, lung.side, algorithm))
-        segment_map[prediction.labels == lung.label] = number
-    seg = hd.seg.Segmentation(
-        **seg_sources(volume, segment_map),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=uids.uid("seg", "series"),
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=uids.uid("seg", "instance"),
-        **_equipment(spec),
-        series_description="Lung segmentation (AI)",
+    segments = [
+        (lung.label, _segment_description(number, lung.side, algorithm))
+        for number, lung in enumerate(prediction.lungs, start=1)
+    ]
+    sides = frozenset(lung.side for lung in prediction.lungs)
+    series = SegSeries(
+        number=SEG_SERIES_NUMBER,
+        description="Lung segmentation (AI)",
         content_label="LUNGS",
         content_description="Right and left lung",
-        omit_empty_frames=True,
+        equipment=_equipment(spec),
+        anatomy=LUNG,  # shared Frame Anatomy: lung, laterality R, L, or B when both
+        laterality=FRAME_LATERALITY.get(sides, "B"),
     )
-    _add_frame_anatomy(seg, {lung.side for lung in prediction.lungs})
-    add_frame_references(seg, volume)
-    return seg
+    return seg_from_labels(volume, prediction.labels, segments, series, uids)
 
 
 def _segment_description(
@@ -140,14 +134,6 @@ def _segment_description(
     region = description.AnatomicRegionSequence[0]
     region.AnatomicRegionModifierSequence = [hd.sr.CodedConcept.from_code(LATERALITY[side])]
     return description
-
-
-def _add_frame_anatomy(seg: Dataset, sides: set[str]) -> None:
-    """Shared Frame Anatomy: lung, laterality R, L, or B when both are present."""
-    item = Dataset()
-    item.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(LUNG)]
-    item.FrameLaterality = FRAME_LATERALITY.get(frozenset(sides), "B")
-    seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [item]
 
 
 def build_sr(
@@ -169,7 +155,7 @@ def build_sr(
             number,
             lung,
             seg,
-            segment_sources(volume, prediction.labels == lung.label),
+            segment_sources(volume, prediction.labels, lung.label),
             uids,
             algorithm,
         )

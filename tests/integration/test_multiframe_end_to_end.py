@@ -13,6 +13,7 @@ JPEG-LS lossless by dcmtk's ``dcmcjpls``, the way an archive may hold it.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,15 @@ from pydicom.dataset import Dataset
 
 from tests.integration.test_end_to_end import shipped_config
 from tests.support.compressed import SYNTAXES, convert
-from tests.support.ct_series import SENTINEL_PATIENT, SeriesOptions, write_ct_series
+from tests.support.ct_series import (
+    SENTINEL_PATIENT,
+    SeriesOptions,
+    lung_phantom,
+    make_ct_datasets,
+    write_ct_series,
+)
 from tests.support.enhanced import FrameOptions, enhanced, pixelmed_legacy, write
-from tests.support.peers import NodeProcess, Orthanc, storescu
+from tests.support.peers import NodeProcess, Orthanc, Storescp, storescu
 from tests.support.phantom import make_chest_phantom
 from tests.support.results import LABEL_OF_CODE, dice, sr_measurements
 from tests.support.validators import errors_in_seg, errors_in_sr
@@ -138,3 +145,30 @@ def test_multiframe_chest_ct_sent_by_storescu_gets_seg_and_sr_in_the_archive(
         code = node.stop()
         archive.stop()
     assert code == 0, node.log()
+
+
+def test_a_multiframe_series_that_cannot_form_a_volume_is_skipped_with_a_reason(
+    tmp_path: Path,
+) -> None:
+    """Two frames at one position: the job ends skipped, the reason names the
+    attribute, its tag and the frames; no patient value in the reason or the log."""
+    hu, _ = lung_phantom((12, 40, 48))
+    [ds] = enhanced(make_ct_datasets(hu).datasets)
+    groups = ds.PerFrameFunctionalGroupsSequence
+    groups[7].PlanePositionSequence = copy.deepcopy(groups[6].PlanePositionSequence)
+    files = write([ds], tmp_path / "multiframe")
+    archive = Storescp(tmp_path / "archive").start()
+    node = NodeProcess(tmp_path / "node", shipped_config(archive.aet, archive.port)).start()
+    try:
+        assert storescu(node.port, files, extra=["-R"]).returncode == 0
+        wait_for(lambda: node.status()["jobs"].get("skipped") == 1, 240, "a skipped job")
+        [job] = node.status()["recent_jobs"]
+        assert "(0020,9113) PlanePositionSequence > (0020,0032) ImagePositionPatient is the " \
+            "same for frame 7 and frame 8; duplicate slices" in job["reason"]  # fmt: skip
+        assert archive.files() == []
+        log = node.log() + job["reason"]
+        assert all(value not in log for value in SENTINEL_PATIENT.values())
+    finally:
+        code = node.stop()
+        archive.stop()
+    assert code == 0

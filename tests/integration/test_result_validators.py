@@ -7,16 +7,19 @@ checkers). A missing tool skips locally and fails with CI=true.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 from pipelines.lung import LungCT, measure_lungs
 from pipelines.uids import DerivedUids
 from tests.support.ct_series import SeriesOptions, lung_phantom, make_ct_datasets
 from tests.support.enhanced import FrameOptions, enhanced
-from tests.support.validators import dciodvfy, pixelmed
+from tests.support.validators import dciodvfy, errors_in_seg, errors_in_sr, pixelmed
 
 pytestmark = pytest.mark.integration
 
@@ -67,3 +70,26 @@ def test_pixelmed_sr_validator_finds_no_error_in_the_tid1500_report(results: dic
     report = pixelmed("DicomSRValidator", results["sr"])
     assert "Found Root Template TID_1500" in report.text, report.text
     assert not report.errors, report.text
+
+
+def test_results_from_a_vendor_enhanced_ct_pass_both_validators(tmp_path: Path) -> None:
+    """pydicom-data's eCT_Supplemental.dcm, an Enhanced CT from a scanner vendor (two
+    frames, rows stored right to left): SEG and SR referencing its frames."""
+    ds = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"))
+    pipeline = LungCT()
+    volume = pipeline.prepare([ds])
+    labels = np.ones(volume.voxels.shape, np.uint8)
+    labels[:, 100:400, 60:250] = 2
+    labels[:, 100:400, 270:450] = 3
+    uids = DerivedUids([str(ds.SOPInstanceUID)], pipeline.spec.name, pipeline.spec.version)
+    seg, sr = pipeline.encode(volume, measure_lungs(volume, labels), uids)
+    seg.save_as(tmp_path / "seg.dcm")
+    sr.save_as(tmp_path / "sr.dcm")
+
+    assert errors_in_seg(tmp_path / "seg.dcm") == []
+    assert errors_in_sr(tmp_path / "sr.dcm") == []
+    numbers = {
+        int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        for item in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert numbers == {1, 2}

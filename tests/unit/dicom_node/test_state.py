@@ -148,3 +148,76 @@ def test_a_database_password_never_reaches_logs_or_status():
         "postgresql://node:***@db.example:5432/dicom"
     )
     assert redact("postgresql://postgres@127.0.0.1/x") == "postgresql://postgres@127.0.0.1/x"
+
+
+def test_a_batch_merges_each_series_facts_and_another_node_sees_them(open_db):
+    a, b = Index(open_db()), Index(open_db())
+
+    def rec(series: str, n: int, thickness: str) -> InstanceRecord:
+        return InstanceRecord("1.2", series, f"{series}.{n}", CT, f"spool/{series}/{n}.dcm", 1,
+                              facts={"00080060": ["CT"], "00180050": [thickness]})  # fmt: skip
+
+    batch = [rec("1.2.3", 1, "1"), rec("1.2.4", 1, "5"), rec("1.2.3", 2, "2"), rec("1.2.3", 1, "1")]
+    results = a.record_batch([(r, None) for r in batch])
+    assert results == [(True, None), (True, None), (True, None), (False, None)]
+    b.record(rec("1.2.3", 3, "3"))  # another node: its facts are read from the table
+    a.record(rec("1.2.3", 4, "4"))  # a's cached facts are stale now
+    s3, s4 = a.series_of("1.2")
+    assert (s3.instances, s3.facts["00180050"]) == (4, ["1", "2", "3", "4"])
+    assert (s4.instances, s4.facts["00180050"]) == (1, ["5"])
+    [study] = b.studies_to_route()
+    assert study.revision == 5
+
+
+def test_two_nodes_batches_over_two_studies_in_opposite_orders_all_commit(open_db):
+    """Locks and rows are taken in one order whatever the batch's order: no deadlock."""
+    nodes = [Index(open_db()), Index(open_db())]
+    errors: list[BaseException] = []
+
+    def store(i: int) -> None:
+        try:
+            for n in range(15):
+                # threads 0, 2 fill series .0 of both studies, 1, 3 series .1; 2, 3 backwards
+                batch = [InstanceRecord(st, f"{st}.{i % 2}", f"{st}.{i}.{n}", CT, f"p/{i}.{n}", 1)
+                         for st in ("1.2", "1.5")]  # fmt: skip
+                nodes[i % 2].record_batch([(r, None) for r in (batch if i < 2 else batch[::-1])])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=store, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for study in ("1.2", "1.5"):
+        assert [(s.series_uid, s.instances) for s in nodes[0].series_of(study)] == [
+            (f"{study}.0", 30), (f"{study}.1", 30)]  # fmt: skip
+
+
+def test_opening_a_postgresql_database_never_waits_for_a_receiver_mid_transaction():
+    """``dicom-node status`` (or a second node starting) opens the database while a
+    receiver's index transaction holds its row locks: opening reads the schema
+    version and takes no table lock, so neither waits for the other."""
+    url = postgres.fresh_database()
+    db = open_database(url)
+    inside, go = threading.Event(), threading.Event()
+
+    def place() -> None:
+        inside.set()
+        assert go.wait(60)
+
+    rec = InstanceRecord("1.2", "1.2.3", "1.2.3.4", CT, "spool/a.dcm", 10)
+    receiver = threading.Thread(target=lambda: Index(db).record(rec, place=place))
+    receiver.start()
+    try:
+        assert inside.wait(30)
+        opened: list[object] = []
+        opener = threading.Thread(target=lambda: opened.append(open_database(url).close()))
+        opener.start()
+        wait_for(lambda: not opener.is_alive(), 20, "the database to open")
+    finally:
+        go.set()
+        receiver.join(30)
+        db.close()
+    assert opened == [None]

@@ -11,6 +11,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -430,3 +431,25 @@ def test_the_manifest_counts_frames_as_slices() -> None:
         ds.Modality, ds.SOPClassUID = "MR", "1.2.840.10008.5.1.4.1.1.4"
     with pytest.raises(SeriesNotUsable, match="needs at least 20 slices, the series has 8"):
         pipeline.prepare(enhanced(mr))
+
+
+def test_a_vendor_enhanced_ct_loads_with_its_rescale_and_flip() -> None:
+    """pydicom-data's eCT_Supplemental.dcm: two frames 10 mm apart, rows stored right
+    to left, rescale in the shared functional groups."""
+    ds = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"))
+    shared = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+
+    volume = load_ct_volume([ds])
+
+    assert volume.voxels.shape == (2, 512, 512)
+    assert volume.spacing == pytest.approx((10.0, 0.388672, 0.388672))
+    assert (volume.flip_x, volume.flip_y, volume.frames) == (True, False, [(0, 1), (0, 2)])
+    stored = ds.pixel_array.astype(np.float64) * float(shared.RescaleSlope)
+    expected = np.clip(np.rint(stored + float(shared.RescaleIntercept)), -32768, 32767)
+    np.testing.assert_array_equal(volume.voxels, expected[:, :, ::-1])
+
+
+def test_multi_frame_without_functional_groups_from_pydicom_data_is_refused() -> None:
+    ds = pydicom.dcmread(get_testdata_file("emri_small_jpeg_ls_lossless.dcm"))
+    with pytest.raises(SeriesNotUsable, match=r"NumberOfFrames is 10 .* PerFrameFunctional"):
+        load_image_stack([ds])
