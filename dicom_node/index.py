@@ -203,13 +203,15 @@ class Index:
         keys = sorted({lock_number(f"instance {rec.sop_uid}") for rec, _ in items})
         keys += sorted({lock_number(f"series {rec.series_uid}") for rec, _ in items})
         with self.db.transaction(pipeline=True) as conn:
-            # In one order for every batch, so two nodes' batches never wait on
-            # each other in a cycle; index_record takes its own two again (a no-op).
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(k) FROM unnest(?::bigint[]) WITH ORDINALITY"
-                " AS t(k, n) ORDER BY n",
-                (keys,),
-            )
+            if len(items) > 1:
+                # In one order for every batch, so two nodes' batches never wait on
+                # each other in a cycle; index_record takes its two again (a no-op).
+                # One instance: index_record takes them in that order itself.
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(k) FROM unnest(?::bigint[])"
+                    " WITH ORDINALITY AS t(k, n) ORDER BY n",
+                    (keys,),
+                )
             # By study too: the calls update their studies' rows in this order.
             order = sorted(range(len(items)), key=lambda i: items[i][0].study_uid)
             rows = [conn.execute(_CALL, self._arguments(items[i][0], now)) for i in order]
