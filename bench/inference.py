@@ -39,13 +39,13 @@ sys.path.insert(0, str(REPO))
 from dicom_node.scu import configure_sending, connect, sop_class_of  # noqa: E402
 from dicom_node.settings import Destination  # noqa: E402
 from dicom_node.spool import write_atomic  # noqa: E402
-from pipelines.registry import discover  # noqa: E402
 from pipelines.runner import encoded, run_series  # noqa: E402
 from pipelines.uids import DerivedUids  # noqa: E402
 from tests.support import brain_mr  # noqa: E402
 from tests.support.ct_series import SeriesOptions, write_ct_series  # noqa: E402
 from tests.support.peers import Storescp  # noqa: E402
 from tests.support.phantom import make_chest_phantom  # noqa: E402
+from workers.models import ModelCache  # noqa: E402
 
 
 class TimedModel:
@@ -107,9 +107,10 @@ def one_run(
 def bench(
     name: str, paths: list[Path], runs: int, slices: int, out: Path, archive: Storescp
 ) -> None:
-    pipeline = discover().get(name)
+    models = ModelCache()  # the worker's: loads once per process
+    pipeline = models.catalog.get(name)
     started = time.perf_counter()
-    model = TimedModel(pipeline.load_model())
+    model = TimedModel(models.get(pipeline))
     loaded = time.perf_counter() - started
     first = one_run(pipeline, model, paths, out, archive)
     warm = [one_run(pipeline, model, paths, out, archive) for _ in range(runs)]

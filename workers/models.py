@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -58,5 +59,9 @@ class ModelCache:
                 except BaseException as exc:
                     self.broken = True
                     raise ModelLoadFailed(type(exc).__name__) from exc
+                # TensorFlow and the model live as long as the process (~600k objects
+                # the cyclic collector would otherwise walk again in every full
+                # collection during a job): keep them out of its way.
+                gc.freeze()
                 logger.info("loaded model for %s %s in %.1f s", *key, time.perf_counter() - started)
             return self._models[key]

@@ -29,6 +29,7 @@ import itertools
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,10 @@ logger = logging.getLogger(__name__)
 CHUNK = 1 << 20  # the reused receive buffer
 MAX_COMMAND = 1 << 16  # a command set is a few hundred bytes
 MAX_ASSOCIATE_RQ = (1 << 20) + (1 << 16)  # every SOP class, every syntax: ~200 KiB
-_names = itertools.count()  # unique file names within a process's incoming folder
+# File names in this process's incoming folder: a counter, behind a token of this
+# process run (a folder left by an earlier process with the same pid never collides).
+_names = itertools.count()
+_run = uuid.uuid4().hex[:8]
 
 # A-ASSOCIATE-RJ (result, source, reason), PS3.8 table 9-21
 APPLICATION_CONTEXT_NOT_SUPPORTED = (0x01, 0x01, 0x02)
@@ -303,7 +307,7 @@ class Association:
         if command.command_field != C_STORE_RQ:
             message.refusal = Outcome(0x0211, "unrecognised operation")
             return
-        message.path = self.config.incoming / f"{next(_names)}.dcm"
+        message.path = self.config.incoming / f"{_run}.{next(_names)}.dcm"
         try:
             message.fd = os.open(message.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self._write(message.fd, file_meta(command.sop_class, command.sop_instance, syntax,

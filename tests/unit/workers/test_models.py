@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -32,3 +34,19 @@ def test_a_model_the_pipeline_refuses_is_its_own_error_and_the_process_stays():
     with pytest.raises(PipelineFailed, match="checksum"):
         cache.get(Refuses())
     assert not cache.broken
+
+
+class Loads(LungCT):
+    def load_model(self):  # type: ignore[no-untyped-def]
+        return {"weights": [1.0, 2.0]}
+
+
+def test_a_loaded_model_is_kept_out_of_the_collectors_way():
+    cache = ModelCache()
+    gc.unfreeze()
+    try:
+        model = cache.get(Loads())
+        assert gc.get_freeze_count() > 0
+        assert cache.get(Loads()) is model
+    finally:
+        gc.unfreeze()
