@@ -53,9 +53,15 @@ class PgRow(tuple[Any, ...]):
         return list(self._names)
 
 
+@lru_cache(maxsize=256)
+def _row_type(names: tuple[str, ...]) -> type[PgRow]:
+    return type("Row", (PgRow,), {"_names": {name: i for i, name in enumerate(names)}})
+
+
 def _row_factory(cursor: psycopg.Cursor[Any]) -> RowMaker[PgRow]:
-    names = {col.name: i for i, col in enumerate(cursor.description or ())}
-    row_type = type("Row", (PgRow,), {"_names": names})
+    # One class per set of column names, made once: a receiver reads rows of
+    # the same few statements for every instance.
+    row_type = _row_type(tuple(col.name for col in cursor.description or ()))
 
     def make(values: Sequence[Any]) -> PgRow:
         return row_type(values)  # type: ignore[no-any-return]

@@ -47,7 +47,6 @@ from pipelines.volume import (
     direction,
     hounsfield,
     order_along_normal,
-    rescaled,
     without_pixels,
 )
 
@@ -105,7 +104,7 @@ def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
             plane = plane[::-1]
         if flip_x:
             plane = plane[:, ::-1]
-        voxels[z] = hounsfield(plane, frame.slope, frame.intercept)
+        hounsfield(plane, frame.slope, frame.intercept, out=voxels[z])
 
     _decode_into(datasets, frames, order, put)
     sources, refs = _references(datasets, frames, order)
@@ -134,7 +133,9 @@ def load_image_stack(datasets: Sequence[Dataset]) -> Volume:
     voxels = aligned_empty((len(order), rows, cols), np.float32)
 
     def put(z: int, plane: np.ndarray, frame: Frame) -> None:
-        voxels[z] = rescaled(plane, frame.slope, frame.intercept)
+        # as ``rescaled`` computes it, without a float copy of the frame
+        np.multiply(plane, np.float32(frame.slope), out=voxels[z], casting="unsafe")
+        voxels[z] += np.float32(frame.intercept)
 
     _decode_into(datasets, frames, order, put)
     sources, refs = _references(datasets, frames, order)
