@@ -218,19 +218,20 @@ def _instance_frames(ds: Dataset, index: int, who: str) -> Iterator[Frame]:
         transform = _item(item, shared, "PixelValueTransformationSequence")
         rescale = transform if transform is not None else ds
         content = _item(item, shared, "FrameContentSequence")
+        position = _values(item, shared, "PlanePositionSequence", "ImagePositionPatient", 3, name)
+        iop = _values(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient", 6, name)
+        spacing = _values(item, shared, "PixelMeasuresSequence", "PixelSpacing", 2, name)
         yield Frame(
             source=index,
             number=number,
             name=name,
-            position=_values(item, shared, "PlanePositionSequence", "ImagePositionPatient", 3,
-                             name),
-            orientation=_values(item, shared, "PlaneOrientationSequence",
-                                "ImageOrientationPatient", 6, name),
-            spacing=_values(item, shared, "PixelMeasuresSequence", "PixelSpacing", 2, name),
+            position=position,
+            orientation=iop,
+            spacing=spacing,
             slope=float(rescale.get("RescaleSlope", 1) or 1),
             intercept=float(rescale.get("RescaleIntercept", 0) or 0),
             temporal=str(content.get("TemporalPositionIndex", "")) if content else "",
-        )  # fmt: skip
+        )
 
 
 def _item(item: Dataset, shared: Dataset, sequence: str) -> Dataset | None:
