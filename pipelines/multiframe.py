@@ -47,7 +47,6 @@ from pipelines.volume import (
     direction,
     hounsfield,
     order_along_normal,
-    rescaled,
     without_pixels,
 )
 
@@ -105,7 +104,7 @@ def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
             plane = plane[::-1]
         if flip_x:
             plane = plane[:, ::-1]
-        voxels[z] = hounsfield(plane, frame.slope, frame.intercept)
+        hounsfield(plane, frame.slope, frame.intercept, out=voxels[z])
 
     _decode_into(datasets, frames, order, put)
     sources, refs = _references(datasets, frames, order)
@@ -134,7 +133,9 @@ def load_image_stack(datasets: Sequence[Dataset]) -> Volume:
     voxels = aligned_empty((len(order), rows, cols), np.float32)
 
     def put(z: int, plane: np.ndarray, frame: Frame) -> None:
-        voxels[z] = rescaled(plane, frame.slope, frame.intercept)
+        # as ``rescaled`` computes it, without a float copy of the frame
+        np.multiply(plane, np.float32(frame.slope), out=voxels[z], casting="unsafe")
+        voxels[z] += np.float32(frame.intercept)
 
     _decode_into(datasets, frames, order, put)
     sources, refs = _references(datasets, frames, order)
@@ -217,19 +218,20 @@ def _instance_frames(ds: Dataset, index: int, who: str) -> Iterator[Frame]:
         transform = _item(item, shared, "PixelValueTransformationSequence")
         rescale = transform if transform is not None else ds
         content = _item(item, shared, "FrameContentSequence")
+        position = _values(item, shared, "PlanePositionSequence", "ImagePositionPatient", 3, name)
+        iop = _values(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient", 6, name)
+        spacing = _values(item, shared, "PixelMeasuresSequence", "PixelSpacing", 2, name)
         yield Frame(
             source=index,
             number=number,
             name=name,
-            position=_values(item, shared, "PlanePositionSequence", "ImagePositionPatient", 3,
-                             name),
-            orientation=_values(item, shared, "PlaneOrientationSequence",
-                                "ImageOrientationPatient", 6, name),
-            spacing=_values(item, shared, "PixelMeasuresSequence", "PixelSpacing", 2, name),
+            position=position,
+            orientation=iop,
+            spacing=spacing,
             slope=float(rescale.get("RescaleSlope", 1) or 1),
             intercept=float(rescale.get("RescaleIntercept", 0) or 0),
             temporal=str(content.get("TemporalPositionIndex", "")) if content else "",
-        )  # fmt: skip
+        )
 
 
 def _item(item: Dataset, shared: Dataset, sequence: str) -> Dataset | None:

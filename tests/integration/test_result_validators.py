@@ -17,8 +17,13 @@ from pydicom.data import get_testdata_file
 
 from pipelines.lung import LungCT, measure_lungs
 from pipelines.uids import DerivedUids
-from tests.support.ct_series import SeriesOptions, lung_phantom, make_ct_datasets
-from tests.support.enhanced import FrameOptions, enhanced
+from tests.support.ct_series import (
+    SeriesOptions,
+    lung_phantom,
+    make_ct_datasets,
+    write_ct_series,
+)
+from tests.support.enhanced import FrameOptions, enhanced, highdicom_legacy
 from tests.support.validators import dciodvfy, errors_in_seg, errors_in_sr, pixelmed
 
 pytestmark = pytest.mark.integration
@@ -30,6 +35,7 @@ CASES: dict[str, dict[str, Any]] = {
     # Enhanced CT sources: frames referenced per SEG frame and in the SR
     "enhanced-ct-shuffled-frames": {"frames": FrameOptions(shuffle=True), "flip_y": True},
     "enhanced-ct-three-instances": {"frames": FrameOptions(instances=3, shuffle=True)},
+    "highdicom-legacy-converted-ct": {"legacy": True, "flip_x": True},
 }
 
 
@@ -38,16 +44,20 @@ def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     case: dict[str, Any] = dict(CASES[request.param])
     drop_right = case.pop("drop_right", False)
     frames = case.pop("frames", None)
+    legacy = case.pop("legacy", False)
     hu, labels = lung_phantom()
     if drop_right:
         labels = np.where(labels == 2, 1, labels).astype(np.uint8)
     pipeline = LungCT()
     series = make_ct_datasets(hu, SeriesOptions(**case))
     sources = series.datasets if frames is None else enhanced(series.datasets, frames)
+    folder = tmp_path_factory.mktemp(request.param)
+    if legacy:  # a Legacy Converted Enhanced CT made by highdicom.legacy
+        classic = write_ct_series(folder / "classic", hu, SeriesOptions(**case))
+        sources = [pydicom.dcmread(highdicom_legacy(classic.paths, folder / "legacy.dcm"))]
     volume = pipeline.prepare(sources)
     uids = DerivedUids(series.sop_uids, pipeline.spec.name, pipeline.spec.version)
     seg, sr = pipeline.encode(volume, measure_lungs(volume, labels), uids)
-    folder = tmp_path_factory.mktemp(request.param)
     paths = {"seg": folder / "seg.dcm", "sr": folder / "sr.dcm"}
     seg.save_as(paths["seg"])
     sr.save_as(paths["sr"])

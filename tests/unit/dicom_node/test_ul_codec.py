@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from dicom_node.ul import dimse, pdu
+from dicom_node.ul.acceptor import negotiate
 from dicom_node.ul.meta import IMPLEMENTATION_CLASS_UID, file_meta
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -180,3 +181,19 @@ def test_file_meta_is_read_back_by_pydicom():
     assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
     assert meta.SourceApplicationEntityTitle == "STORESCU"
     assert fp.tell() == len(fp.getvalue())
+
+
+def test_negotiation_takes_the_requestors_first_syntax_among_ours():
+    ours = {CT: frozenset({EXPLICIT, IMPLICIT, "1.2.840.10008.1.2.4.80"})}
+    proposed = (
+        pdu.ProposedContext(1, CT, ("1.2.840.10008.1.2.4.80", EXPLICIT)),
+        pdu.ProposedContext(3, CT, ("1.2.3.999", IMPLICIT)),
+        pdu.ProposedContext(5, "1.2.3.4", (EXPLICIT,)),
+        pdu.ProposedContext(7, CT, ("1.2.3.999",)),
+    )
+    assert negotiate(proposed, ours) == [
+        pdu.ContextResult(1, pdu.ACCEPTANCE, "1.2.840.10008.1.2.4.80"),
+        pdu.ContextResult(3, pdu.ACCEPTANCE, IMPLICIT),
+        pdu.ContextResult(5, pdu.ABSTRACT_SYNTAX_NOT_SUPPORTED, EXPLICIT),
+        pdu.ContextResult(7, pdu.TRANSFER_SYNTAXES_NOT_SUPPORTED, "1.2.3.999"),
+    ]
