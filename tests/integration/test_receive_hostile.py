@@ -193,7 +193,12 @@ def test_kill_9_mid_push_loses_nothing_answered_and_a_resend_completes_it(tmp_pa
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=DCMTK_ENV,
     )  # fmt: skip
-    wait_for(lambda: _count(proc) >= 60, 60, "part of the push to arrive")
+    try:
+        wait_for(lambda: _count(proc) >= 60, 60, "part of the push to arrive")
+    except BaseException:  # leave no node and no push running behind
+        push.kill()
+        proc.stop()
+        raise
     proc.proc.send_signal(signal.SIGKILL)
     proc.proc.wait()
     out = push.communicate(timeout=60)[0]
