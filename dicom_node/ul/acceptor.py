@@ -29,6 +29,7 @@ import itertools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,6 +132,8 @@ class _Tally:
 
 class Association:
     """Runs one association on an accepted (and, for TLS, wrapped) socket."""
+
+    LINGER = 5.0  # seconds to wait for the requestor to close after our last PDU
 
     def __init__(
         self,
@@ -416,8 +419,18 @@ class Association:
             pass
 
     def _close(self) -> None:
+        """PS3.8 state Sta13: after our last PDU (A-ASSOCIATE-RJ, A-RELEASE-RP,
+        A-ABORT) the requestor closes the connection. Wait for that, for at most
+        ``LINGER`` seconds, draining what still arrives: closing first could reset
+        the connection with our last PDU still unread by the peer (a rejected
+        requestor would then see a lost connection, not the rejection)."""
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
+            self.sock.shutdown(socket.SHUT_WR)
+            linger = min(self.config.acse_timeout, self.LINGER)
+            deadline = time.monotonic() + linger
+            self.sock.settimeout(linger)
+            while self.sock.recv(CHUNK) and time.monotonic() < deadline:
+                pass
+        except (OSError, ValueError):
             pass
         self.sock.close()
