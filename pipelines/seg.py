@@ -20,10 +20,20 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 
 from pipelines.base import ResultUids, Volume
 from pipelines.references import add_frame_references, seg_sources
+
+# Lossy compression methods (0028,2114) of the transfer syntaxes that are lossy.
+LOSSY_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG extended
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",  # HTJ2K
+}
 
 # Slices handled at a time when mapping labels to segment numbers: a few MB, so
 # each pass over them stays in the CPU cache instead of streaming the whole volume.
@@ -75,7 +85,36 @@ def seg_from_labels(
     item.FrameLaterality = series.laterality
     seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [item]
     add_frame_references(seg, volume)
+    _complete_lossy_compression(seg, volume.sources)
     return seg
+
+
+def _complete_lossy_compression(seg: Dataset, sources: Sequence[Dataset]) -> None:
+    """A SEG made from lossy sources says so (LossyImageCompression 01, copied by
+    highdicom with the sources' ratio), and then needs the method too (Type 1C).
+    Some writers leave the method out of the source (GDCM's ``gdcmconv --lossy``):
+    take it from the source's own attribute, else from the transfer syntax it was
+    stored in. When no source tells, nothing is made up."""
+    if seg.get("LossyImageCompression") != "01" or "LossyImageCompressionMethod" in seg:
+        return
+    methods: list[str] = []
+    for source in sources:
+        named = source.get("LossyImageCompressionMethod")
+        syntax = str(getattr(getattr(source, "file_meta", None), "TransferSyntaxUID", ""))
+        found = (
+            [str(m) for m in named]
+            if isinstance(named, MultiValue)
+            else [str(named)]
+            if named
+            else []
+        )
+        if not found and syntax in LOSSY_METHODS:
+            found = [LOSSY_METHODS[syntax]]
+        methods += [m for m in found if m not in methods]
+    ratios = seg.get("LossyImageCompressionRatio")
+    count = len(ratios) if isinstance(ratios, MultiValue) else 1  # methods pair with ratios
+    if methods:
+        seg.LossyImageCompressionMethod = methods[0] if count == 1 else methods[:count]
 
 
 def segment_numbers(labels: np.ndarray, wanted: Sequence[int]) -> np.ndarray:
