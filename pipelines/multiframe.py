@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.pixels import iter_pixels
 
@@ -41,12 +40,14 @@ from pipelines.base import SeriesNotUsable, Volume
 from pipelines.model import aligned_empty
 from pipelines.volume import (
     ORIENTATION_TOLERANCE,
+    attr,
     axial_cosines,
     check_unit_normal,
     deferred_path,
     direction,
     hounsfield,
     order_along_normal,
+    undecodable,
     without_pixels,
 )
 
@@ -58,14 +59,8 @@ ENHANCED_SOP_CLASSES = {
 }
 
 
-def tag(keyword: str) -> str:
-    """``"(0020,9113) PlanePositionSequence"`` for use in messages."""
-    value = tag_for_keyword(keyword) or 0
-    return f"({value >> 16:04X},{value & 0xFFFF:04X}) {keyword}"
-
-
 def _in(sequence: str, keyword: str) -> str:
-    return f"{tag(sequence)} > {tag(keyword)}"
+    return f"{attr(sequence)} > {attr(keyword)}"
 
 
 POSITION = _in("PlanePositionSequence", "ImagePositionPatient")
@@ -163,7 +158,7 @@ def frames_of(datasets: Sequence[Dataset]) -> tuple[list[Frame], int, int]:
         if size is not None and this != size:
             keyword = "Rows" if this[0] != size[0] else "Columns"
             raise SeriesNotUsable(
-                f"{tag(keyword)} differs between instance {first_name} and instance {who}"
+                f"{attr(keyword)} differs between instance {first_name} and instance {who}"
             )
         size, first_name = this, first_name or who
         frames.extend(_instance_frames(ds, index, who if len(datasets) > 1 else ""))
@@ -185,28 +180,28 @@ def _check_instance(ds: Dataset, who: str) -> None:
         count = int(ds.get("NumberOfFrames") or 1)
         if count > 1:
             raise SeriesNotUsable(
-                f"{tag('NumberOfFrames')} is {count} in {where} but "
-                f"{tag('PerFrameFunctionalGroupsSequence')} is missing; multi-frame images "
+                f"{attr('NumberOfFrames')} is {count} in {where} but "
+                f"{attr('PerFrameFunctionalGroupsSequence')} is missing; multi-frame images "
                 "need per-frame functional groups (Enhanced CT / MR)"
             )
         raise SeriesNotUsable(
-            f"{tag('PerFrameFunctionalGroupsSequence')} is missing in {where}; a series "
+            f"{attr('PerFrameFunctionalGroupsSequence')} is missing in {where}; a series "
             "cannot mix single-frame and multi-frame images"
         )
     if "PixelData" not in ds:
-        raise SeriesNotUsable(f"{tag('PixelData')} is missing in {where}; images are required")
+        raise SeriesNotUsable(f"{attr('PixelData')} is missing in {where}; images are required")
     for keyword in ("Rows", "Columns"):
         if not ds.get(keyword):
-            raise SeriesNotUsable(f"{tag(keyword)} is missing in {where}")
+            raise SeriesNotUsable(f"{attr(keyword)} is missing in {where}")
     samples = int(ds.get("SamplesPerPixel") or 1)
     if samples != 1:
-        raise SeriesNotUsable(f"{tag('SamplesPerPixel')} is {samples} in {where}; expected 1")
+        raise SeriesNotUsable(f"{attr('SamplesPerPixel')} is {samples} in {where}; expected 1")
     count = int(ds.get("NumberOfFrames") or 1)
     items = len(ds.PerFrameFunctionalGroupsSequence)
     if items != count:
         raise SeriesNotUsable(
-            f"{tag('PerFrameFunctionalGroupsSequence')} has {items} items in {where}; "
-            f"{tag('NumberOfFrames')} is {count}"
+            f"{attr('PerFrameFunctionalGroupsSequence')} has {items} items in {where}; "
+            f"{attr('NumberOfFrames')} is {count}"
         )
 
 
@@ -299,8 +294,8 @@ def _decode_into(
         expected = int(ds.get("NumberOfFrames") or 1)
         if count != expected:
             raise SeriesNotUsable(
-                f"{tag('PixelData')} of instance {who} holds {count} frames; "
-                f"{tag('NumberOfFrames')} is {expected}"
+                f"{attr('PixelData')} of instance {who} holds {count} frames; "
+                f"{attr('NumberOfFrames')} is {expected}"
             )
 
 
@@ -316,15 +311,10 @@ def _planes(ds: Dataset, who: str) -> Iterator[np.ndarray]:
         except StopIteration:
             return
         except Exception as exc:  # any decoder failure means: cannot use this series
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-            syntax_name = getattr(syntax, "name", "unknown transfer syntax")
-            raise SeriesNotUsable(
-                f"{tag('PixelData')} of frame {number} of instance {who} cannot be decoded "
-                f"({syntax_name}; {type(exc).__name__})"
-            ) from exc
+            raise undecodable(ds, f"frame {number} of instance {who}", exc) from exc
         if plane.ndim != 2:
             raise SeriesNotUsable(
-                f"{tag('PixelData')} of frame {number} of instance {who} decodes to "
+                f"{attr('PixelData')} of frame {number} of instance {who} decodes to "
                 f"{plane.ndim} dimensions; expected 2"
             )
         yield plane

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
@@ -36,23 +37,22 @@ TILT_TOLERANCE_MM = 0.05
 TILT_TOLERANCE_FRACTION = 0.002  # in-plane drift per mm along the normal (~0.1 degree)
 
 _NATIVE_LITTLE_ENDIAN = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
-_TAGS = {
-    "ImageOrientationPatient": "(0020,0037)",
-    "ImagePositionPatient": "(0020,0032)",
-    "PixelSpacing": "(0028,0030)",
-    "Rows": "(0028,0010)",
-    "Columns": "(0028,0011)",
-    "PixelData": "(7FE0,0010)",
-    "NumberOfFrames": "(0028,0008)",
-    "SamplesPerPixel": "(0028,0002)",
-    "RescaleSlope": "(0028,1053)",
-    "RescaleIntercept": "(0028,1052)",
-}
 
 
 def attr(keyword: str) -> str:
     """``"(0020,0037) ImageOrientationPatient"`` for use in messages."""
-    return f"{_TAGS[keyword]} {keyword}"
+    value = tag_for_keyword(keyword) or 0
+    return f"({value >> 16:04X},{value & 0xFFFF:04X}) {keyword}"
+
+
+def undecodable(ds: Dataset, what: str, exc: Exception) -> SeriesNotUsable:
+    """The reason for pixels no decoder could read: ``what`` names the frame or slice;
+    the transfer syntax and the error's class, never a value."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    syntax_name = getattr(syntax, "name", "unknown transfer syntax")
+    return SeriesNotUsable(
+        f"{attr('PixelData')} of {what} cannot be decoded ({syntax_name}; {type(exc).__name__})"
+    )
 
 
 def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
@@ -246,12 +246,7 @@ def _decode(ds: Dataset, z: int) -> np.ndarray:
     try:
         plane = pixel_array(deferred_path(ds) or ds)
     except Exception as exc:  # any decoder failure means: cannot use this series
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        syntax_name = getattr(syntax, "name", "unknown transfer syntax")
-        raise SeriesNotUsable(
-            f"{attr('PixelData')} of slice {z + 1} cannot be decoded "
-            f"({syntax_name}; {type(exc).__name__})"
-        ) from exc
+        raise undecodable(ds, f"slice {z + 1}", exc) from exc
     if plane.ndim != 2:
         raise SeriesNotUsable(
             f"{attr('PixelData')} of slice {z + 1} decodes to {plane.ndim} dimensions; expected 2"
