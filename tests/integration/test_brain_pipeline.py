@@ -36,14 +36,7 @@ def model(pipeline: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def brain(tmp_path_factory: pytest.TempPathFactory) -> brain_mr.BrainSeries:
-    if not brain_mr.available():
-        import os
-
-        message = f"{brain_mr.T1} missing: scripts/install.sh test installs it"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return brain_mr.write_brain_series(tmp_path_factory.mktemp("brain") / "series")
+    return brain_mr.brain_series_or_skip(tmp_path_factory.mktemp("brain") / "series")
 
 
 @pytest.fixture(scope="module")
