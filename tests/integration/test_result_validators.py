@@ -17,6 +17,7 @@ from pydicom.data import get_testdata_file
 
 from pipelines.lung import LungCT, measure_lungs
 from pipelines.uids import DerivedUids
+from tests.support.compressed import SYNTAXES, convert
 from tests.support.ct_series import (
     SeriesOptions,
     lung_phantom,
@@ -103,3 +104,26 @@ def test_results_from_a_vendor_enhanced_ct_pass_both_validators(tmp_path: Path) 
         for item in seg.PerFrameFunctionalGroupsSequence
     }
     assert numbers == {1, 2}
+
+
+def test_seg_from_jpeg_2000_lossy_sources_names_the_method_and_passes(tmp_path: Path) -> None:
+    """Sources made lossy by GDCM (``gdcmconv --j2k --lossy``), which writes Lossy Image
+    Compression 01 and a ratio but no method: the SEG must still carry the method
+    (Type 1C), here taken from the sources' transfer syntax."""
+    hu, labels = lung_phantom()
+    classic = write_ct_series(tmp_path / "classic", hu, SeriesOptions())
+    lossy = next(s for s in SYNTAXES if s.name == "j2k-lossy")
+    paths = [convert(lossy, p, tmp_path / "lossy" / p.name) for p in classic.paths]
+    sources = [pydicom.dcmread(p) for p in paths]
+    assert "LossyImageCompressionMethod" not in sources[0]
+    pipeline = LungCT()
+    volume = pipeline.prepare(sources)
+    uids = DerivedUids(classic.sop_uids, pipeline.spec.name, pipeline.spec.version)
+    seg, sr = pipeline.encode(volume, measure_lungs(volume, labels), uids)
+    seg.save_as(tmp_path / "seg.dcm")
+    sr.save_as(tmp_path / "sr.dcm")
+
+    assert seg.LossyImageCompression == "01"
+    assert seg.LossyImageCompressionMethod == "ISO_15444_1"
+    assert errors_in_seg(tmp_path / "seg.dcm") == []
+    assert errors_in_sr(tmp_path / "sr.dcm") == []
