@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -101,18 +102,7 @@ def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
             plane = plane[:, ::-1]
         hounsfield(plane, frame.slope, frame.intercept, out=voxels[z])
 
-    _decode_into(datasets, frames, order, put)
-    sources, refs = _references(datasets, frames, order)
-    dy, dx = (float(v) for v in frames[0].spacing)
-    return Volume(
-        voxels=voxels,
-        spacing=(z_spacing, dy, dx),
-        sources=sources,
-        flip_y=flip_y,
-        flip_x=flip_x,
-        meta={"slices": len(order), "instances": len(sources)},
-        frames=refs,
-    )
+    return _filled(datasets, frames, order, put, voxels, z_spacing, flip_y=flip_y, flip_x=flip_x)
 
 
 def load_image_stack(datasets: Sequence[Dataset]) -> Volume:
@@ -132,6 +122,21 @@ def load_image_stack(datasets: Sequence[Dataset]) -> Volume:
         np.multiply(plane, np.float32(frame.slope), out=voxels[z], casting="unsafe")
         voxels[z] += np.float32(frame.intercept)
 
+    axes = "".join(direction(v) for v in (normal, col, row))
+    return _filled(datasets, frames, order, put, voxels, z_spacing, axes=axes)
+
+
+def _filled(
+    datasets: Sequence[Dataset],
+    frames: Sequence[Frame],
+    order: Sequence[int],
+    put: Callable[[int, np.ndarray, Frame], None],
+    voxels: np.ndarray,
+    z_spacing: float,
+    **geometry: Any,
+) -> Volume:
+    """Decode every frame into ``voxels`` through ``put`` and wrap it as a Volume with
+    the frames' references; ``geometry``: the loader's own Volume fields."""
     _decode_into(datasets, frames, order, put)
     sources, refs = _references(datasets, frames, order)
     dy, dx = (float(v) for v in frames[0].spacing)
@@ -139,9 +144,9 @@ def load_image_stack(datasets: Sequence[Dataset]) -> Volume:
         voxels=voxels,
         spacing=(z_spacing, dy, dx),
         sources=sources,
-        axes="".join(direction(v) for v in (normal, col, row)),
         meta={"slices": len(order), "instances": len(sources)},
         frames=refs,
+        **geometry,
     )
 
 
