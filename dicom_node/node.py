@@ -29,6 +29,7 @@ from dicom_node.index import Index
 from dicom_node.jobs import Jobs
 from dicom_node.leader import LOOK_SECONDS, lease_for
 from dicom_node.outbox import Outbox, Sender
+from dicom_node.presence import presence_for
 from dicom_node.receivers import ReceiverProcesses
 from dicom_node.retention import purge_sources
 from dicom_node.scp import ORPHAN_AGE, Receiver, Server, reconcile_spool, start_servers
@@ -158,6 +159,7 @@ class Node:
         target = settings.storage.database_target
         self.db = open_database(target)
         self.lease = lease_for(self.db, target if isinstance(target, Path) else None)
+        self.presence = presence_for(self.db, target if isinstance(target, Path) else None)
         self.leading = False
         self._told_standby = False
         self.index = Index(self.db)
@@ -204,10 +206,15 @@ class Node:
         self.tls_server: Server | None = None
 
     def start(self) -> tuple[str, int]:
-        # Alone on a SQLite index and not yet receiving: every unindexed file is an orphan.
-        alone = isinstance(self.settings.storage.database_target, Path)
+        # No other node receives and this one does not yet: every unindexed file is an orphan.
+        alone = self.presence.alone()
         reconcile_spool(self.spool, self.index, min_age=0.0 if alone else ORPHAN_AGE)
-        servers = start_servers(self.settings.node, self.receiver)  # fails first, if at all
+        self.presence.arrive()
+        try:
+            servers = start_servers(self.settings.node, self.receiver)  # fails first, if at all
+        except BaseException:
+            self.presence.leave()
+            raise
         self.server, self.tls_server = servers[0], servers[1] if len(servers) > 1 else None
         host, port = self.server.server_address[:2]
         tls_port = self.tls_server.server_address[1] if self.tls_server is not None else None
@@ -257,6 +264,7 @@ class Node:
                     self.receivers.check()
                 if self.workers is not None:  # and keeps its embedded worker alive
                     self.workers.check()
+                self.presence.keep()
                 if not self._lead():
                     self._tick.wait(LOOK_SECONDS)
                     continue
@@ -289,6 +297,7 @@ class Node:
         if self.workers is not None:
             self.workers.stop()
         self.lease.release()
+        self.presence.leave()
         self.db.close()
         logger.info("stopped")
 

@@ -12,6 +12,7 @@ from dicom_node.index import Index, InstanceRecord
 from dicom_node.jobs import Jobs
 from dicom_node.leader import FileLease, PostgresLease, lease_for
 from dicom_node.postgres import redact
+from dicom_node.presence import FilePresence, PostgresPresence, presence_for
 from dicom_node.state import SCHEMA_VERSION, SchemaTooNew, SqliteDatabase, open_database
 from tests.support import postgres
 from tests.support.wait import wait_for
@@ -82,6 +83,26 @@ def test_one_node_leads_and_another_takes_over_when_it_stops(open_db):
     a.release()  # the server drops the lock when the session has ended, soon after
     wait_for(b.hold, 10, "the other node to take the lead")
     assert not a.hold()
+
+
+def test_a_starting_node_is_alone_only_while_no_other_node_receives(open_db):
+    # Alone, a node may remove every unindexed spool file at start; beside a receiving
+    # node it must not (that node may be between its move and its commit).
+    first, second, third = open_db(), open_db(), open_db()
+    target = first.path if isinstance(first, SqliteDatabase) else None
+    a, b, c = (presence_for(db, target) for db in (first, second, third))
+    assert isinstance(a, FilePresence if target else PostgresPresence)
+    assert a.alone()
+    a.arrive()
+    assert not b.alone()
+    b.arrive()
+    a.keep()
+    a.leave()
+    assert not c.alone(), "b still receives"
+    b.leave()
+    wait_for(c.alone, 10, "the last receiving node to be gone")
+    c.arrive()
+    c.leave()
 
 
 def test_an_sqlite_file_from_before_schema_versions_is_migrated(tmp_path: Path):
