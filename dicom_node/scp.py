@@ -20,12 +20,14 @@ raises into pynetdicom:
     0xA700  out of resources: the spool's disk is (nearly) full, writing failed,
             the instance is larger than receive.max_instance_mb, or a deflated
             data set inflates past receive.max_inflated_mb
-    0xA900  the data set does not match the C-STORE request (SOP Instance UID)
+    0xA900  the data set does not match the C-STORE request (SOP Class or SOP
+            Instance UID)
     0xC210  the data set cannot be parsed (truncated, a declared length past its
             end, File Meta Information inside it, pixels not encoded as the
             transfer syntax says)
     0xC211  a required UID is missing or unsafe (not digits and dots, > 64 chars)
-    0x0122  the SOP class is not a storage SOP class this node accepts
+    0x0122  the SOP class is not a storage SOP class this node accepts, or the
+            request names another SOP class than its presentation context
 
 Limits are enforced while the data arrives: a data set that grows past the
 size limit, or that starts while the disk is below the free-space watermark,
@@ -102,6 +104,10 @@ class Outcome:
     status: int
     comment: str = ""
     series_uid: str | None = None
+
+
+# A C-STORE whose Affected SOP Class UID is not its presentation context's.
+CONTEXT_MISMATCH = Outcome(0x0122, "(0000,0002) AffectedSOPClassUID differs from its context's")
 
 
 class _Discard:
@@ -237,26 +243,39 @@ class Receiver:
         else:
             syntax = str(event.context.transfer_syntax)
             sop_uid = str(event.request.AffectedSOPInstanceUID)
-            outcome = self.store(Path(received.name), syntax, sop_uid, _origin(event))
+            sop_class = str(event.request.AffectedSOPClassUID)
+            if sop_class != str(event.context.abstract_syntax):
+                Path(received.name).unlink(missing_ok=True)
+                outcome = CONTEXT_MISMATCH
+            else:
+                outcome = self.store(Path(received.name), syntax, sop_class, sop_uid,
+                                     _origin(event))  # fmt: skip
         if outcome.series_uid is not None:
             with self._lock:
                 self.series_by_assoc.setdefault(id(event.assoc), set()).add(outcome.series_uid)
         self._count(event, "stored" if outcome.status == 0 else "failed")
         return 0x0000 if outcome.status == 0 else _status(outcome.status, outcome.comment)
 
-    def store(self, path: Path, transfer_syntax: str, sop_uid: str, origin: Origin) -> Outcome:
-        """Store the received file ``path`` (File Meta, then the data set as sent):
-        check, fsync, place, index; the Outcome to answer. ``path`` is gone after
-        (placed into the spool, or removed). Never raises."""
+    def store(
+        self, path: Path, transfer_syntax: str, sop_class: str, sop_uid: str, origin: Origin
+    ) -> Outcome:
+        """Store the received file ``path`` (File Meta, then the data set as sent)
+        of a C-STORE request for ``sop_class`` / ``sop_uid``: check, fsync, place,
+        index; the Outcome to answer. ``path`` is gone after (placed into the spool,
+        or removed). Never raises."""
         try:
-            return self._store(path, transfer_syntax, sop_uid.strip("\0 "), origin)
+            return self._store(
+                path, transfer_syntax, sop_class.strip("\0 "), sop_uid.strip("\0 "), origin
+            )
         except Exception as exc:  # never raise into the engine
             logger.error("unexpected error while storing an instance: %s", type(exc).__name__)
             return Outcome(0xA700, "internal error while storing; not stored")
         finally:
             path.unlink(missing_ok=True)  # a refused data set leaves nothing
 
-    def _store(self, path: Path, transfer_syntax: str, sop_uid: str, origin: Origin) -> Outcome:
+    def _store(
+        self, path: Path, transfer_syntax: str, sop_class: str, sop_uid: str, origin: Origin
+    ) -> Outcome:
         try:
             header, ds = read_header(path, transfer_syntax, self.max_inflated)
             facts = instance_facts(ds, origin.context())
@@ -265,6 +284,8 @@ class Receiver:
             return Outcome(exc.status, exc.comment)
         if header.sop_class_uid not in STORAGE_SOP_CLASSES:
             return Outcome(0x0122, f"SOP class {header.sop_class_uid[:40]} not supported")
+        if header.sop_class_uid != sop_class:
+            return Outcome(0xA900, "(0008,0016) SOPClassUID differs from the request")
         if header.sop_uid != sop_uid:
             return Outcome(0xA900, "(0008,0018) SOPInstanceUID differs from the request")
         if self.spool.free_bytes() < self.min_free_bytes:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicom_node.peers import Rejection, Slot
-from dicom_node.scp import Origin, Outcome, Receiver
+from dicom_node.scp import CONTEXT_MISMATCH, Origin, Outcome, Receiver
 from dicom_node.ul import pdu
 from dicom_node.ul.dimse import (
     C_ECHO_RQ,
@@ -151,6 +151,7 @@ class Association:
         self.buffer = bytearray(CHUNK)
         self.view = memoryview(self.buffer)
         self.accepted: dict[int, str] = {}  # context ID → transfer syntax
+        self.abstract: dict[int, str] = {}  # context ID → abstract syntax (SOP class)
         self.command = bytearray()
         self.message: _Message | None = None
         self.tally = _Tally()
@@ -224,6 +225,7 @@ class Association:
             results = negotiate(rq.contexts, self.config.syntaxes)
             self.accepted = {r.context_id: r.transfer_syntax for r in results
                              if r.result == pdu.ACCEPTANCE}  # fmt: skip
+            self.abstract = {cx.context_id: cx.abstract_syntax for cx in rq.contexts}
             self.sock.sendall(pdu.encode_associate_ac(rq, results, self.config.max_pdu,
                               IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION))  # fmt: skip
         except BaseException:
@@ -310,6 +312,9 @@ class Association:
         if command.command_field != C_STORE_RQ:
             message.refusal = Outcome(0x0211, "unrecognised operation")
             return
+        if command.sop_class != self.abstract.get(context_id):
+            message.refusal = CONTEXT_MISMATCH  # its data set is dropped as it arrives
+            return
         message.path = self.config.incoming / f"{_run}.{next(_names)}.dcm"
         try:
             message.fd = os.open(message.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -351,7 +356,8 @@ class Association:
             os.close(message.fd)
             message.fd = None
             outcome = self.receiver.store(message.path, message.transfer_syntax,
-                                          command.sop_instance, self.origin)  # fmt: skip
+                                          command.sop_class, command.sop_instance,
+                                          self.origin)  # fmt: skip
         if outcome.status == 0:
             self.tally.stored += 1
             if outcome.series_uid is not None:

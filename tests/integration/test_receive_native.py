@@ -23,6 +23,7 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
 IMPLICIT = "1.2.840.10008.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
+MR = "1.2.840.10008.5.1.4.1.1.4"
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +167,36 @@ def test_data_on_a_context_not_accepted_is_aborted_and_leaves_nothing(node):
     kind, body = read_pdu(sock)
     assert kind == pdu.ABORT and pdu.parse_abort(body)[1] == pdu.REASON_INVALID_PARAMETER
     assert closes(sock)
+
+
+@pytest.mark.parametrize(
+    ("request_class", "data_set_class", "status", "names"),
+    [(MR, CT, 0x0122, "(0000,0002)"), (CT, MR, 0xA900, "(0008,0016)")],
+    ids=["request-not-its-context", "data-set-not-the-request"],
+)
+def test_a_store_whose_sop_classes_disagree_is_refused_and_nothing_kept(
+    node, request_class, data_set_class, status, names
+):
+    """PS3.4 / PS3.7: the request's Affected SOP Class is its context's abstract
+    syntax, and the data set is of that class; the file's meta would otherwise
+    name one class and its data set another."""
+    uid = f"1.2.3.8.9.{status}"
+    sock = associate(node.port, (pdu.ProposedContext(1, CT, (EXPLICIT,)),
+                                 pdu.ProposedContext(3, MR, (EXPLICIT,))))  # fmt: skip
+    ds = ct_dataset(uid)
+    ds.SOPClassUID = data_set_class
+    command = dimse.encode_request(dimse.Command(dimse.C_STORE_RQ, 7, request_class, uid, True))
+    sock.sendall(pdu.encode_p_data([(1, 0x03, command)]))
+    sock.sendall(pdu.encode_p_data([(1, 0x02, encode(ds))]))
+    kind, body = read_pdu(sock)
+    [(cx, control, data)] = pdu.parse_p_data(body)
+    answer = dimse.response_status(data)
+    assert (cx, answer[:2]) == (1, (0x8001, status)) and answer[2].startswith(names), answer
+    sock.sendall(pdu.encode_release_rq())
+    assert read_pdu(sock)[0] == pdu.RELEASE_RP
+    assert not node.query("SELECT path FROM instances WHERE sop_uid = ?", (uid,))
+    assert not list((node.folder / "var").rglob(f"{uid}.dcm"))
+    assert echoscu(node.port).returncode == 0
 
 
 def test_a_data_set_cut_by_an_a_abort_leaves_no_partial_file(node, tmp_path):
