@@ -63,6 +63,7 @@ def load_ct_volume(datasets: Sequence[Dataset]) -> Volume:
     in mm with z the mean distance between slice centres; ``sources`` is in the
     same z order, without Pixel Data.
     """
+    check_one_origin(datasets)
     if any(is_multiframe(ds) for ds in datasets):
         from pipelines import multiframe  # it builds on this module's checks
 
@@ -122,6 +123,28 @@ def _check_instance(ds: Dataset, index: int) -> None:
             f"{attr('ImageOrientationPatient')} or {attr('ImagePositionPatient')} "
             f"has the wrong number of values in {who}"
         )
+
+
+# What makes instances one series of one patient. A sender that reuses a Series
+# Instance UID under another study, or files two patients' images in one series,
+# must not get one volume made of both.
+ORIGIN_KEYWORDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+
+
+def check_one_origin(datasets: Sequence[Dataset]) -> None:
+    """Refuse instances that differ in patient, study, series or frame of reference
+    (the reason names the attribute and the instances, never a value)."""
+    if not datasets:
+        return
+    first = datasets[0]
+    for index in range(1, len(datasets)):
+        ds = datasets[index]
+        for keyword in ORIGIN_KEYWORDS:
+            if ds.get(keyword) != first.get(keyword):
+                raise SeriesNotUsable(
+                    f"{attr(keyword)} differs between instances {_name(first, 0)} and "
+                    f"{_name(ds, index)}: not one series of one patient"
+                )
 
 
 def _check_consistent(datasets: Sequence[Dataset]) -> None:
@@ -350,6 +373,7 @@ def load_image_stack(datasets: Sequence[Dataset]) -> Volume:
     ``axes``: the patient direction (nearest of L/R, P/A, S/I) each array axis
     points to, e.g. "SPL" for axial images stored the usual way.
     """
+    check_one_origin(datasets)
     if any(is_multiframe(ds) for ds in datasets):
         from pipelines import multiframe  # it builds on this module's checks
 

@@ -20,7 +20,7 @@ from pipelines.lung import LungCT, measure_lungs
 from pipelines.registry import get
 from pipelines.runner import read_series
 from pipelines.uids import DerivedUids
-from pipelines.volume import load_ct_volume, load_image_stack
+from pipelines.volume import ORIGIN_KEYWORDS, load_ct_volume, load_image_stack
 from tests.support import brain_mr
 from tests.support.compressed import SYNTAXES, convert
 from tests.support.ct_series import (
@@ -281,14 +281,14 @@ def test_several_time_points_are_refused() -> None:
 
 
 def test_multi_frame_without_functional_groups_is_refused() -> None:
-    ds = _classic()[0]
+    ds, *rest = _classic()
     ds.NumberOfFrames = 2
     with pytest.raises(
         SeriesNotUsable,
         match=r"\(0028,0008\) NumberOfFrames is 2 in instance 6 "
         r"but \(5200,9230\) PerFrameFunctionalGroupsSequence is missing",
     ):
-        load_ct_volume([ds, *_classic()[1:]])
+        load_ct_volume([ds, *rest])
 
 
 def test_a_series_mixing_single_and_multi_frame_images_is_refused() -> None:
@@ -301,6 +301,8 @@ def test_instances_of_different_sizes_are_refused() -> None:
     first, second = enhanced(_classic(), FrameOptions(instances=2))
     small = enhanced(_classic(_random_hu((3, 8, 12))), FrameOptions())[0]
     small.InstanceNumber = 2
+    for keyword in ORIGIN_KEYWORDS:  # the same series, only smaller
+        setattr(small, keyword, first.get(keyword))
     with pytest.raises(
         SeriesNotUsable,
         match=r"\(0028,0010\) Rows differs between instance 1 "

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pipelines.base import SeriesNotUsable
 from pipelines.lung import LungCT
 from pipelines.runner import read_series
-from pipelines.volume import load_ct_volume
+from pipelines.volume import load_ct_volume, load_image_stack
 from tests.support.ct_series import (
     SENTINEL_PATIENT,
     SeriesOptions,
@@ -184,6 +184,20 @@ def test_rejection_messages_carry_no_patient_values() -> None:
     with pytest.raises(SeriesNotUsable) as info:
         load_ct_volume(datasets)
     assert not any(value in str(info.value) for value in SENTINEL_PATIENT.values())
+
+
+@pytest.mark.parametrize(
+    "keyword", ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"]
+)
+@pytest.mark.parametrize("load", [load_ct_volume, load_image_stack])
+def test_instances_of_two_patients_or_studies_never_make_one_volume(keyword, load) -> None:
+    # A sender that reuses a Series Instance UID under another study (the index then
+    # files both under one series), or misfiles another patient's slice.
+    datasets = _datasets()
+    setattr(datasets[3], keyword, "SENTINEL-PID-0002" if keyword == "PatientID" else "1.2.3.4.5")
+    with pytest.raises(SeriesNotUsable, match=rf"\) {keyword} differs between instances") as info:
+        load(datasets)
+    assert "SENTINEL" not in str(info.value) and "1.2.3.4.5" not in str(info.value)
 
 
 def test_deferred_pixel_data_is_decoded_from_the_file(tmp_path: Path) -> None:

@@ -172,6 +172,21 @@ def test_malformed_demographics_are_left_out_and_never_fail_the_job(tmp_path, ca
         assert errors == [], errors
 
 
+def test_a_series_holding_another_patients_slices_gets_no_result(tmp_path, cache):
+    # A sender reused a Series Instance UID under another study and patient: the
+    # index files both under one series; one volume of two patients must not come back.
+    req = request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2))
+    for path in req.inputs[len(req.inputs) // 2 :]:
+        ds = pydicom.dcmread(tmp_path / path)
+        ds.PatientID = "SENTINEL-OTHER-PATIENT"
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.99"
+        ds.save_as(tmp_path / path)
+    outcome = execute(req, settings(tmp_path), cache)
+    assert outcome is not None and outcome.status == "skipped", outcome
+    assert "(0010,0020) PatientID differs between instances" in outcome.reason
+    assert "SENTINEL" not in outcome.reason and not outcome.outputs
+
+
 def test_a_source_without_patient_and_study_type2_attributes_still_gets_results(tmp_path, cache):
     req = request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2))
     for path in req.inputs:
