@@ -14,7 +14,6 @@ sees them (``pipelines.sources``), so they never fail a job.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from pipelines.base import Pipeline, PipelineError, ResultUids, SeriesNotUsable
+from pipelines.dicomfile import file_bytes
 from pipelines.sources import clean_headers
 
 # Pixel Data larger than this is read from the file only when the volume is built,
@@ -104,10 +104,9 @@ def run_series(
 
 def encoded(ds: Dataset) -> memoryview:
     """``ds`` as the bytes of a DICOM file (preamble, file meta, data set), a view of
-    the encoder's buffer: written to disk as it is, without another copy."""
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getbuffer()
+    the encoder's buffer: written to disk as it is, without another copy. The same
+    bytes as pydicom's ``save_as``, sequences encoded faster (``pipelines.dicomfile``)."""
+    return file_bytes(ds)
 
 
 def summarize(prediction: Any) -> dict[str, Any]:

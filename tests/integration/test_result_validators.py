@@ -16,6 +16,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from pipelines.lung import LungCT, measure_lungs
+from pipelines.runner import encoded
 from pipelines.uids import DerivedUids
 from tests.support.compressed import SYNTAXES, convert
 from tests.support.ct_series import (
@@ -60,8 +61,8 @@ def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     uids = DerivedUids(series.sop_uids, pipeline.spec.name, pipeline.spec.version)
     seg, sr = pipeline.encode(volume, measure_lungs(volume, labels), uids)
     paths = {"seg": folder / "seg.dcm", "sr": folder / "sr.dcm"}
-    seg.save_as(paths["seg"])
-    sr.save_as(paths["sr"])
+    paths["seg"].write_bytes(encoded(seg))  # the bytes the worker writes
+    paths["sr"].write_bytes(encoded(sr))
     return paths
 
 
@@ -94,8 +95,8 @@ def test_results_from_a_vendor_enhanced_ct_pass_both_validators(tmp_path: Path) 
     labels[:, 100:400, 270:450] = 3
     uids = DerivedUids([str(ds.SOPInstanceUID)], pipeline.spec.name, pipeline.spec.version)
     seg, sr = pipeline.encode(volume, measure_lungs(volume, labels), uids)
-    seg.save_as(tmp_path / "seg.dcm")
-    sr.save_as(tmp_path / "sr.dcm")
+    (tmp_path / "seg.dcm").write_bytes(encoded(seg))
+    (tmp_path / "sr.dcm").write_bytes(encoded(sr))
 
     assert errors_in_seg(tmp_path / "seg.dcm") == []
     assert errors_in_sr(tmp_path / "sr.dcm") == []
@@ -120,8 +121,8 @@ def test_seg_from_jpeg_2000_lossy_sources_names_the_method_and_passes(tmp_path: 
     volume = pipeline.prepare(sources)
     uids = DerivedUids(classic.sop_uids, pipeline.spec.name, pipeline.spec.version)
     seg, sr = pipeline.encode(volume, measure_lungs(volume, labels), uids)
-    seg.save_as(tmp_path / "seg.dcm")
-    sr.save_as(tmp_path / "sr.dcm")
+    (tmp_path / "seg.dcm").write_bytes(encoded(seg))
+    (tmp_path / "sr.dcm").write_bytes(encoded(sr))
 
     assert seg.LossyImageCompression == "01"
     assert seg.LossyImageCompressionMethod == "ISO_15444_1"
