@@ -32,6 +32,10 @@ LOOK_SECONDS = 1.0  # how often a standby node tries to take the lead
 
 
 class Lease(Protocol):
+    # True while the last ``hold`` could not reach the database: nobody may lead
+    # then, and "another node leads" would be the wrong thing to tell the operator.
+    unreachable: bool
+
     def hold(self) -> bool:
         """Take or keep the lead; True while this node holds it."""
 
@@ -39,6 +43,8 @@ class Lease(Protocol):
 
 
 class FileLease:
+    unreachable = False  # a local file lock is always there to ask
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
@@ -70,10 +76,12 @@ class PostgresLease:
         self.db = db
         self._conn: Any = None
         self._held = False
+        self.unreachable = False
 
     def hold(self) -> bool:
         import psycopg
 
+        self.unreachable = False
         try:
             if self._conn is None:
                 self._conn = self.db.connect(**self.KEEPALIVE)
@@ -86,6 +94,7 @@ class PostgresLease:
                 row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,))
                 self._held = bool(row.fetchone()[0])
         except psycopg.Error as exc:
+            self.unreachable = True
             if self._held:
                 logger.error("lost the database connection that holds the lead (%s)",
                              type(exc).__name__)  # fmt: skip

@@ -251,7 +251,7 @@ class Node:
                 logger.info("%d unfinished job(s) from before enqueued again", requeued)
         elif was and not self.leading:
             logger.warning("this node no longer leads; it keeps receiving")
-        elif not self.leading and not was and not self._told_standby:
+        elif not self.leading and not was and not self._told_standby and not self.lease.unreachable:
             self._told_standby = True
             logger.info("another node leads; this one receives, and takes over if it stops")
         return self.leading

@@ -106,6 +106,8 @@ class Outcome:
     series_uid: str | None = None
 
 
+RELEASE_MARK_SECONDS = 30.0  # how long an ended association tries to mark its series
+
 # A C-STORE whose Affected SOP Class UID is not its presentation context's.
 CONTEXT_MISMATCH = Outcome(0x0122, "(0000,0002) AffectedSOPClassUID differs from its context's")
 
@@ -267,6 +269,10 @@ class Receiver:
             return self._store(
                 path, transfer_syntax, sop_class.strip("\0 "), sop_uid.strip("\0 "), origin
             )
+        except self.index.db.transient_errors as exc:  # the sender retries later
+            logger.error("could not index an instance: the node's database is unavailable (%s)",
+                         type(exc).__name__)  # fmt: skip
+            return Outcome(0xA700, "out of resources: the node's database is unavailable")
         except Exception as exc:  # never raise into the engine
             logger.error("unexpected error while storing an instance: %s", type(exc).__name__)
             return Outcome(0xA700, "internal error while storing; not stored")
@@ -337,12 +343,30 @@ class Receiver:
     def association_ended(
         self, origin: Origin, stored: int, failed: int, series: set[str], released: bool
     ) -> None:
-        """Series of a released association are complete (an abort completes nothing)."""
+        """Series of a released association are complete (an abort completes nothing).
+        The database may be away for a moment (a restart): marking is retried for up
+        to ``RELEASE_MARK_SECONDS``, then left to the rules' timeouts, with a log line."""
         if series and released:
-            self.index.mark_released(sorted(series))
+            self._mark_released(sorted(series), origin)
         if stored or failed:
             logger.info("association ended: %d stored, %d failed", stored, failed,
                         extra=origin.log())  # fmt: skip
+
+    def _mark_released(self, series: list[str], origin: Origin) -> None:
+        deadline = time.monotonic() + RELEASE_MARK_SECONDS
+        pause = 0.25
+        while True:
+            try:
+                self.index.mark_released(series)
+                return
+            except self.index.db.transient_errors as exc:
+                if time.monotonic() + pause > deadline:
+                    logger.error("could not record that an association was released (%s):"
+                                 " its series complete by their rules' timeouts instead",
+                                 type(exc).__name__, extra=origin.log())  # fmt: skip
+                    return
+                time.sleep(pause)  # the database is away (a restart): wait and try again
+                pause = min(pause * 2, 4.0)
 
     def handlers(self) -> list[Any]:
         return [

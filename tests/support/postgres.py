@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -70,3 +72,47 @@ def suite_database(folder: Path) -> str | Path:
 def drop_all() -> None:
     while _made:
         drop_database(SERVER, _made.pop())
+
+
+class PrivateServer:
+    """A PostgreSQL server of the test's own (``initdb`` in a temporary folder, its
+    own port), for faults that stop the server: the machine's server is shared by
+    every test. Runs as the ``postgres`` user when the tests run as root."""
+
+    def __init__(self, port: int) -> None:
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not versions:
+            raise AssertionError("PostgreSQL is not installed (scripts/install.sh installs it)")
+        self.bin = versions[-1].parent
+        self.port = port
+        self.folder = Path(tempfile.mkdtemp(prefix="dicom-node-pg-"))
+        self.data = self.folder / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/node"
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> PrivateServer:
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+        if not self.data.exists():
+            self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust",
+                      "-U", "postgres", "--no-sync")  # fmt: skip
+        options = f"-p {self.port} -k {self.folder} -c fsync=off"
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
+                  "-l", str(self.folder / "log"), "-w", "start")  # fmt: skip
+        with psycopg.connect(self.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'node'").fetchone():
+                conn.execute("CREATE DATABASE node")
+        return self
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass  # not running
+        shutil.rmtree(self.folder, ignore_errors=True)
