@@ -25,6 +25,8 @@ def _follows_the_test_database(item) -> bool:
 @functools.cache
 def _uses_test_database(path: str) -> bool:
     text = Path(path).read_text()
+    if "PrivateServer(" in text:  # its nodes use a PostgreSQL server of their own
+        return False
     return "NodeProcess" in text or "suite_database(" in text
 
 
