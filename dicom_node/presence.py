@@ -6,7 +6,8 @@ answered Success and their sender sends them again. A file another node is
 moving and committing at this very moment looks the same, so a node may treat
 every unindexed file as an orphan only while no other node receives.
 
-Every receiving node holds a shared lock for as long as it runs. A starting
+Every receiving node, and each of its extra receiving processes
+(``receive.processes``), holds a shared lock for as long as it runs. A starting
 node first tries the exclusive lock: if it gets it, no other node receives, and
 it cleans the spool before it takes the shared lock and opens its port. If it
 does not, it takes the shared lock and leaves young files to the periodic

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from dicom_node.index import Index
+from dicom_node.presence import presence_for
 from dicom_node.scp import Receiver, start_servers
 from dicom_node.settings import Settings, load_settings
 from dicom_node.spool import Spool
@@ -95,17 +96,24 @@ def serve(
     """One receiving process: an SCP on ``port`` until ``stop`` is set, or until the
     node process ``parent`` is gone (killed: it must not leave receivers behind)."""
     spool = Spool(settings.storage.dir)
-    db = open_database(settings.storage.database_target)
+    target = settings.storage.database_target
+    db = open_database(target)
     receiver = Receiver(spool, Index(db), settings.storage.min_free_mb * 2**20,
                         settings.node, settings.receive)  # fmt: skip
+    # Marked as receiving on its own: a node started again while this process
+    # still finishes (its parent was killed) must not take its files for orphans.
+    presence = presence_for(db, target if isinstance(target, Path) else None)
+    presence.arrive()
     servers = start_servers(settings.node, receiver, port=port, tls_port=tls_port)
     logger.info("receiving (pid %d)", os.getpid())
     while not stop.wait(1.0):
         if parent and os.getppid() != parent:
             logger.warning("the node process is gone; receiving process stops")
             break
+        presence.keep()
     for server in servers:
         server.shutdown()
+    presence.leave()
     db.close()
 
 

@@ -27,7 +27,15 @@ from tests.support.hostile import (
     nested_sequences,
     write_raw,
 )
-from tests.support.peers import DCMTK_ENV, REPO, NodeProcess, echoscu, storescu
+from tests.support.peers import (
+    DCMTK_ENV,
+    REPO,
+    NodeProcess,
+    die_with_the_tests,
+    echoscu,
+    free_port,
+    storescu,
+)
 from tests.support.wait import wait_for
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
@@ -216,6 +224,37 @@ def test_kill_9_mid_push_loses_nothing_answered_and_a_resend_completes_it(tmp_pa
         assert _count(proc) == 300
         status = proc.status()
         assert status["index"]["instances"] == 300
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+def test_a_receiving_process_still_running_keeps_a_restarted_node_off_its_files(tmp_path):
+    """A node killed with ``receive.processes`` > 1 may leave a receiving process
+    finishing for a moment; a node started meanwhile must not remove a file that
+    process has moved into the spool and not yet committed."""
+    proc = NodeProcess(tmp_path / "n", {"storage": {"dir": "var"}, "rules": []}).start()
+    assert proc.stop() == 0, proc.log()  # its storage and tables exist, as after a kill
+    log = tmp_path / "receiver.log"
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "dicom_node.receivers", "--port", str(free_port()),
+         "--config", str(proc.config_path)],
+        cwd=proc.folder, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        preexec_fn=die_with_the_tests,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: "receiving (pid" in log.read_text(), 60, "the receiving process")
+        moved_in = proc.folder / "var" / "spool" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
+        moved_in.parent.mkdir(parents=True)
+        moved_in.write_bytes(b"moved in, its commit still to come")
+        proc.start()
+        assert moved_in.exists(), "removed from under a receiving process"
+        assert proc.stop() == 0, proc.log()
+    finally:
+        receiver.terminate()
+        receiver.wait(60)
+    proc.start()  # alone now: a file no index row names was never answered Success
+    try:
+        assert not moved_in.exists()
     finally:
         assert proc.stop() == 0, proc.log()
 
