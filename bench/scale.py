@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,12 @@ def config(archive: Storescp, redis: Redis, database: str | None = None) -> dict
 
 
 class Site:
-    def __init__(self, tmp: Path, database: str | None = None) -> None:
+    def __init__(self, tmp: Path, database: str | None = None, tree: Path = REPO) -> None:
         self.tmp = tmp
         self.redis = Redis(tmp / "redis").start()
         self.archive = Storescp(tmp / "archive").start()
-        self.node = NodeProcess(tmp / "node", config(self.archive, self.redis, database))
+        self.node = NodeProcess(tmp / "node", config(self.archive, self.redis, database),
+                                tree=tree)  # fmt: skip
         self.workers: list[NodeProcess] = []
         self.hu = make_chest_phantom((24, 192, 192), SPACING, body_scale=0.55, seed=3).hu
         self.count = 0
@@ -234,36 +236,43 @@ def record_ms(targets: dict[str, str | Path], n: int = 600) -> dict[str, tuple[f
             db.close()
 
 
-def ingest(studies: int) -> None:
-    """Both nodes run side by side; their pushes alternate, so both see the same load."""
+def ingest(studies: int, before: Path | None = None) -> None:
+    """Both nodes run side by side; their pushes alternate, so both see the same load.
+    With ``before`` (another checkout), two more nodes run that tree's code, and
+    every round pushes to all four in a rotating order."""
     print(f"\n## SQLite vs PostgreSQL: ingest of {studies}x24 instances (no rules),"
           f" 1 and 4 associations, both nodes up, {ROUNDS} rounds of pushes")  # fmt: skip
     print(f"load before: {os.getloadavg()[0]:.2f}")
+    trees = {"": REPO} if before is None else {"": REPO, " before": before.resolve()}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         tmp = Path(name)
-        urls = {"sqlite": None, "postgresql": postgres.fresh_database()}
-        sites = {engine: Site(tmp / engine, urls[engine]) for engine in ENGINES}
+        sites = {
+            engine + label: Site(tmp / (engine + label.strip()),
+                                 postgres.fresh_database() if engine == "postgresql" else None,
+                                 tree)
+            for label, tree in trees.items() for engine in ENGINES
+        }  # fmt: skip
         try:
             for site in sites.values():
                 site.node.config["rules"] = []
                 site.start(0, 2)
             rates: dict[tuple[str, int], list[float]] = {}
+            names = list(sites)
             for round_ in range(ROUNDS):
                 for associations in (1, 4):
-                    order = ENGINES if round_ % 2 == 0 else ENGINES[::-1]  # neither always first
-                    for engine in order:
-                        site = sites[engine]
+                    shift = round_ % len(names)  # nobody always first
+                    for key in names[shift:] + names[:shift]:
+                        site = sites[key]
                         paths = [p for _ in range(studies) for p in site.series("ingest")]
                         seconds = push(site.node.port, paths, associations)
-                        rates.setdefault((engine, associations), []).append(len(paths) / seconds)
+                        rates.setdefault((key, associations), []).append(len(paths) / seconds)
             for associations in (1, 4):
-                sqlite, pg = rates[("sqlite", associations)], rates[("postgresql", associations)]
-                ratios = sorted(b / a for a, b in zip(sqlite, pg, strict=True))
-                medians = statistics.median(sqlite), statistics.median(pg)
-                print(f"{associations} association(s): median sqlite {medians[0]:6.1f}/s,"
-                      f" postgresql {medians[1]:6.1f}/s;"
-                      f" PostgreSQL/SQLite per round: median {statistics.median(ratios):.2f}"
-                      f" (all: {' '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
+                for label in trees:
+                    report(rates, associations, f"sqlite{label}", f"postgresql{label}")
+                if before is not None:
+                    for engine in ENGINES:
+                        report(rates, associations, f"{engine} before", engine)
+            print(f"load after pushes: {os.getloadavg()[0]:.2f}")
         finally:
             for site in sites.values():
                 site.stop()
@@ -274,6 +283,16 @@ def ingest(studies: int) -> None:
               + f" (PostgreSQL/SQLite medians: {ratio:.2f})")  # fmt: skip
     print(f"load after: {os.getloadavg()[0]:.2f}")
     postgres.drop_all()
+
+
+def report(rates: dict[tuple[str, int], list[float]], associations: int, a: str, b: str) -> None:
+    """Medians of ``a`` and ``b``, and the median of ``b``/``a`` per round."""
+    first, second = rates[(a, associations)], rates[(b, associations)]
+    ratios = sorted(y / x for x, y in zip(first, second, strict=True))
+    print(f"{associations} association(s): median {a} {statistics.median(first):6.1f}/s,"
+          f" {b} {statistics.median(second):6.1f}/s; {b} / {a} per round:"
+          f" median {statistics.median(ratios):.2f}"
+          f" (all: {' '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
 
 
 def database(studies: int) -> None:
@@ -297,9 +316,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--part", default="throughput,latency,database")
+    parser.add_argument("--before", type=Path, help="ingest: also run this checkout's code")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPU cores")
-    parts = {"throughput": throughput, "latency": latency, "database": database, "ingest": ingest}
+    parts = {"throughput": throughput, "latency": latency, "database": database,
+             "ingest": partial(ingest, before=args.before)}  # fmt: skip
     for part in args.part.split(","):
         parts[part](args.studies)
 

@@ -9,7 +9,6 @@ counted once and does not change the revision.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -117,14 +116,20 @@ class Index:
         now: float | None = None,
         remove: Callable[[str], None] | None = None,
         before_commit: Callable[[], None] | None = None,
+        ready: Callable[[], None] | None = None,
     ) -> list[tuple[bool, str | None]]:
         """``record`` for several instances in one write transaction (a group
         commit: one commit, and so one fsync of the index, for all of them), in
         order; ``before_commit`` runs last inside it (the spool's folder fsyncs).
+        ``ready`` runs before any ``place`` (the received files' fsyncs): on
+        PostgreSQL once the batch's calls are on their way, so the server works
+        while the files are synced; on SQLite before the transaction begins.
         Any exception rolls back all of them."""
         now = time.time() if now is None else now
         if self.db.dialect == "postgresql":
-            return self._record_in_server(items, now, remove, before_commit)
+            return self._record_in_server(items, now, remove, before_commit, ready)
+        if ready is not None:
+            ready()
         with self.db.transaction() as conn:
             # Two nodes storing one instance, or one series' facts, take turns; the
             # locks are taken in one order (instances, then series) so batches of
@@ -192,6 +197,7 @@ class Index:
         now: float,
         remove: Callable[[str], None] | None,
         before_commit: Callable[[], None] | None,
+        ready: Callable[[], None] | None,
     ) -> list[tuple[bool, str | None]]:
         """``record_batch`` on PostgreSQL: ``_record``'s statements run in the
         server, one ``index_record`` call per instance (``POSTGRES_FUNCTIONS``),
@@ -215,6 +221,8 @@ class Index:
             # By study too: the calls update their studies' rows in this order.
             order = sorted(range(len(items)), key=lambda i: items[i][0].study_uid)
             rows = [conn.execute(_CALL, self._arguments(items[i][0], now)) for i in order]
+            if ready is not None:
+                ready()  # while the server runs the calls (their locks held until COMMIT)
             fetched = [cursor.fetchone() for cursor in rows]  # the first round trip
             results: list[tuple[bool, str | None]] = [(False, None)] * len(items)
             seen: dict[str, tuple[int, header.SeriesFacts]] = {}
@@ -270,7 +278,8 @@ class Index:
             elif first:
                 facts = {}
             elif row["facts"] is None and cached is not None:
-                facts = copy.deepcopy(cached[1])  # the cache changes only once committed
+                # A copy (the cache changes only once committed): lists of str.
+                facts = {key: list(values) for key, values in cached[1].items()}
             else:
                 facts = json.loads(row["facts"])
             if header.merge(facts, rec.facts, first) and rec.series_uid not in changed:

@@ -149,8 +149,23 @@ class PostgresDatabase:
                 with raw.transaction():
                     yield _Conn(raw)
                 return
-            with raw.pipeline(), raw.transaction():  # BEGIN goes out with the first statement
-                yield _Conn(raw)
+            # Not raw.transaction(): in a pipeline it syncs and waits four times
+            # (after BEGIN, before and after COMMIT, at the end). Here BEGIN goes
+            # out with the first statement, a read waits for what it reads, and
+            # COMMIT goes with the pipeline's one Sync, answered when durable.
+            raw.autocommit = True  # BEGIN and COMMIT are sent as statements
+            try:
+                with raw.pipeline():
+                    raw.execute("BEGIN")
+                    yield _Conn(raw)
+                    raw.execute("COMMIT")
+            finally:
+                try:
+                    if not raw.closed:
+                        raw.rollback()  # nothing when committed; ends a failed one
+                        raw.autocommit = False
+                except psycopg.Error:  # a broken connection: the pool replaces it
+                    pass
 
     def lock(self, conn: Connection, key: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(?)", (lock_number(key),))

@@ -313,8 +313,7 @@ class Receiver:
             facts=facts,
         )
         try:
-            self.spool.sync(path)
-            new = self.commits.record(record, path)
+            new = self.commits.record(record, path)  # fsync, place, index
         except OSError as exc:
             logger.error("could not write an instance to the spool: %s", exc.strerror)
             return Outcome(0xA700, "out of resources: could not write to storage")

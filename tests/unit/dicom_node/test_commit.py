@@ -3,6 +3,7 @@ caller learns its own result, and a failed batch fails every instance in it."""
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 
@@ -59,3 +60,21 @@ def test_a_failed_batch_fails_each_of_its_instances_and_indexes_none(tmp_path, o
         commits.record(rec("1.2.3.1"), spool.incoming(1) / "gone.dcm")
     assert index.counts()["instances"] == 0
     assert commits.record(rec("1.2.3.2"), received(spool, "ok.dcm")) is True
+
+
+def test_a_failed_fsync_fails_the_instance_and_nothing_of_it_is_placed_or_indexed(
+    tmp_path, open_db
+):
+    spool = Spool(tmp_path / "var")
+    spool.create()
+    index = Index(open_db())
+    commits = GroupCommit(index, spool)
+
+    def failing(path: Path) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    with pytest.raises(OSError, match="I/O error"):
+        commits.record(rec("1.2.3.1"), received(spool, "bad.dcm"), sync=failing)
+    assert index.counts()["instances"] == 0
+    assert not (tmp_path / "var" / rec("1.2.3.1").path).exists()
+    assert commits.record(rec("1.2.3.1"), received(spool, "good.dcm")) is True
