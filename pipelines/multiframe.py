@@ -48,6 +48,7 @@ from pipelines.volume import (
     direction,
     hounsfield,
     order_along_normal,
+    refuse_unreliable_decoding,
     undecodable,
     without_pixels,
 )
@@ -306,6 +307,7 @@ def _decode_into(
 
 def _planes(ds: Dataset, who: str) -> Iterator[np.ndarray]:
     """The frames of ``ds`` one at a time, decoded by pydicom's pixel backends."""
+    refuse_unreliable_decoding(ds, f"instance {who}")
     source = deferred_path(ds) or ds
     frames = iter_pixels(source)
     number = 0

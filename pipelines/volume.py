@@ -45,6 +45,26 @@ def attr(keyword: str) -> str:
     return f"({value >> 16:04X},{value & 0xFFFF:04X}) {keyword}"
 
 
+# HTJ2K (lossless, RPCL lossless, lossy). pylibjpeg-openjpeg 2.6 (OpenJPEG 2.5)
+# decodes the negative samples of a signed 16-bit HTJ2K image wrongly, and says
+# nothing: checked on OpenJPH's codestreams, which OpenJPH's own decoder gives
+# back exactly (tests/unit/pipelines/test_transfer_syntaxes.py). Unsigned HTJ2K
+# decodes exactly. A signed HTJ2K image is refused rather than segmented on
+# wrong values.
+HTJ2K = frozenset({"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
+
+
+def refuse_unreliable_decoding(ds: Dataset, what: str) -> None:
+    """Refuse pixel data that the installed decoders would decode wrongly."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if str(syntax) in HTJ2K and int(ds.get("PixelRepresentation") or 0) == 1:
+        raise SeriesNotUsable(
+            f"{attr('PixelData')} of {what} is a signed image in {getattr(syntax, 'name', '')},"
+            " which the installed decoder (OpenJPEG) does not decode correctly; send the"
+            " series in another transfer syntax"
+        )
+
+
 def undecodable(ds: Dataset, what: str, exc: Exception) -> SeriesNotUsable:
     """The reason for pixels no decoder could read: ``what`` names the frame or slice;
     the transfer syntax and the error's class, never a value."""
@@ -266,6 +286,7 @@ def _decode(ds: Dataset, z: int) -> np.ndarray:
     native = _read_native(ds)
     if native is not None:
         return native
+    refuse_unreliable_decoding(ds, f"slice {z + 1}")
     try:
         plane = pixel_array(deferred_path(ds) or ds)
     except Exception as exc:  # any decoder failure means: cannot use this series

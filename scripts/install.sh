@@ -11,7 +11,8 @@ PACKAGES="python3 python3-venv python3-pip"
 if [ "$WANT" = test ]; then
     # Real peers the tests use: dcmtk, Orthanc, dicom3tools, PixelMed + JRE, Redis.
     # insighttoolkit5-examples: a real T1 head MR with its brain mask (brain-t1 tests).
-    PACKAGES="$PACKAGES dcmtk orthanc dicom3tools libpixelmed-java default-jre-headless redis-server redis-tools libgdcm-tools insighttoolkit5-examples postgresql"
+    # openjph-tools: OpenJPH's HTJ2K encoder (HTJ2K test images; dcmtk has none).
+    PACKAGES="$PACKAGES dcmtk orthanc dicom3tools libpixelmed-java default-jre-headless redis-server redis-tools libgdcm-tools openjph-tools insighttoolkit5-examples postgresql"
 fi
 
 missing=""

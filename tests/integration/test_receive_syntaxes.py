@@ -4,14 +4,15 @@ Orthanc that never transcodes, stored by the node exactly as received."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import numpy as np
 import pydicom
 import pytest
 
-from tests.support.compressed import SYNTAXES, convert
+from tests.support.compressed import HTJ2K_LOSSLESS, SYNTAXES, convert, to_htj2k
 from tests.support.ct_series import SeriesOptions, write_ct_series
-from tests.support.peers import NodeProcess, Orthanc, storescu
+from tests.support.peers import REPO, NodeProcess, Orthanc, storescu
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,23 @@ def test_storescu_sends_each_syntax_as_it_is_and_it_is_stored_as_received(node, 
                                   pydicom.dcmread(sent).pixel_array)  # fmt: skip
         else:  # the pixel data exactly as sent, never decoded or re-encoded
             assert pixel_bytes(kept[sop]) == pixel_bytes(sent)
+
+
+def test_htj2k_is_received_as_it_is(node, tmp_path):
+    # Debian's dcmtk does not know HTJ2K: a client that sends the file's own syntax.
+    z, y, x = np.mgrid[0:2, 0:64, 0:64]
+    series = write_ct_series(tmp_path / "src", (300 * np.cos(y / 7.0) + 9 * z).astype(np.int16),
+                             SeriesOptions())  # fmt: skip
+    files = [to_htj2k(p, tmp_path / "htj2k" / p.name) for p in series.paths]
+    sent = subprocess.run([sys.executable, "-m", "tests.support.raw_scu", str(node.port),
+                           *map(str, files)], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)  # fmt: skip
+    assert sent.stdout.split("\n")[:2] == ["status 0x0000"] * 2, sent.stdout + sent.stderr
+    kept = stored(node, series)
+    assert [str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in kept] == [
+        HTJ2K_LOSSLESS
+    ] * 2
+    assert sorted(map(pixel_bytes, kept)) == sorted(map(pixel_bytes, files))
 
 
 def test_orthanc_that_never_transcodes_pushes_jpeg_ls_and_j2k(node, tmp_path):

@@ -3,13 +3,17 @@ lossless ones give back the source pixels exactly."""
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pydicom
 import pytest
+from openjpeg import decode
 
+from pipelines.base import SeriesNotUsable
 from pipelines.runner import read_series
-from pipelines.volume import load_ct_volume
-from tests.support.compressed import BASELINE, SYNTAXES, convert
+from pipelines.volume import load_ct_volume, load_image_stack
+from tests.support.compressed import BASELINE, SYNTAXES, convert, htj2k_codestream, to_htj2k
 from tests.support.ct_series import SeriesOptions, write_ct_series
 
 
@@ -48,3 +52,37 @@ def test_jpeg_baseline_8_bit_decodes(tmp_path):
     decoded = pydicom.dcmread(out).pixel_array
     assert decoded.shape == pixels.shape
     assert np.corrcoef(decoded.ravel(), pixels.ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("lossless", [True, False], ids=["htj2k-lossless", "htj2k-lossy"])
+def test_htj2k_of_unsigned_images_decodes_to_the_source_volume(source, tmp_path, lossless):
+    files = [to_htj2k(p, tmp_path / p.name, lossless) for p in source.paths]
+    assert pydicom.dcmread(files[0]).PixelRepresentation == 0  # the CT's stored values
+    volume = load_ct_volume(read_series(files))
+    expected = load_ct_volume(read_series(source.paths)).voxels
+    if lossless:
+        np.testing.assert_array_equal(volume.voxels, expected)
+    else:
+        assert np.corrcoef(volume.voxels.ravel(), expected.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("load", [load_ct_volume, load_image_stack])
+def test_a_signed_htj2k_image_is_refused_not_decoded_wrongly(tmp_path, load):
+    hu = np.random.default_rng(4).integers(-1024, 2000, (3, 24, 24)).astype(np.int16)
+    series = write_ct_series(tmp_path / "src", hu, SeriesOptions(signed=True))
+    files = [to_htj2k(p, tmp_path / "htj2k" / p.name) for p in series.paths]
+    with pytest.raises(SeriesNotUsable, match=r"\(7FE0,0010\) PixelData of .* is a signed image"):
+        load(read_series(files))
+
+
+def test_the_installed_decoder_still_gets_signed_htj2k_wrong(tmp_path):
+    """Why the refusal above exists. When this fails, OpenJPEG decodes signed HTJ2K
+    correctly: lift the refusal (pipelines.volume.refuse_unreliable_decoding)."""
+    pixels = np.random.default_rng(5).integers(-1000, 3000, (32, 32)).astype(np.int16)
+    stream = htj2k_codestream(pixels, 16)
+    (tmp_path / "frame.j2c").write_bytes(stream)
+    subprocess.run(["ojph_expand", "-i", str(tmp_path / "frame.j2c"), "-o",
+                    str(tmp_path / "frame.yuv")], check=True, capture_output=True)  # fmt: skip
+    by_openjph = np.fromfile(tmp_path / "frame.yuv", "<i2").reshape(pixels.shape)
+    np.testing.assert_array_equal(by_openjph, pixels)  # the codestream is right
+    assert not np.array_equal(decode(stream), pixels)
