@@ -63,6 +63,9 @@ class SeriesSummary:
     first_received: float = 0.0
     last_received: float = 0.0
     released_at: float | None = None  # the last sending association was released
+    # An association that brought instances ended unfinished, and none begun since
+    # has been released: the sender may be about to send the rest again.
+    interrupted_at: float | None = None
 
     def attribute(self, keyword: str) -> str:
         return {
@@ -356,13 +359,27 @@ class Index:
             self._facts.clear()
         self._facts[series_uid] = (rev, facts)
 
-    def mark_released(self, series_uids: list[str], now: float | None = None) -> None:
-        """The association that sent instances of these series was released."""
+    def mark_released(
+        self, series_uids: list[str], started: float = 0.0, now: float | None = None
+    ) -> None:
+        """The association (begun at ``started``) that sent instances of these series
+        was released; it clears an interruption older than itself."""
         now = time.time() if now is None else now
         with self.db.transaction() as conn:
             conn.executemany(
-                "UPDATE series SET released_at = ? WHERE series_uid = ? AND last_received <= ?",
-                [(now, uid, now) for uid in series_uids],
+                "UPDATE series SET released_at = ?, interrupted_at = CASE WHEN"
+                " interrupted_at < ? THEN NULL ELSE interrupted_at END"
+                " WHERE series_uid = ? AND last_received <= ?",
+                [(now, started, uid, now) for uid in series_uids],
+            )
+
+    def mark_interrupted(self, series_uids: list[str], now: float | None = None) -> None:
+        """An association that sent instances of these series ended unfinished."""
+        now = time.time() if now is None else now
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE series SET interrupted_at = ? WHERE series_uid = ?",
+                [(now, uid) for uid in series_uids],
             )
 
     def studies_to_route(self) -> list[StudyState]:
@@ -569,7 +586,8 @@ _CALL = "SELECT * FROM index_record(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 _COLUMNS = (
     "study_uid, series_uid, modality, body_part, description, protocol_name,"
-    " manufacturer, sop_class_uid, instances, first_received, last_received, released_at"
+    " manufacturer, sop_class_uid, instances, first_received, last_received, released_at,"
+    " interrupted_at"
 )
 
 
@@ -590,7 +608,7 @@ def _select(keys: Sequence[str] | None, dialect: str) -> tuple[str, tuple[str, .
 def _summary(row: Any, keys: Sequence[str] | None = None) -> SeriesSummary:
     # Positional, in _COLUMNS order then facts: this runs once per series of
     # `rules test --recent`, tens of thousands of times.
-    text = row[12]
+    text = row[13]
     if keys is None:
         facts = json.loads(text)
     else:
@@ -598,4 +616,4 @@ def _summary(row: Any, keys: Sequence[str] | None = None) -> SeriesSummary:
         facts = {k: v for k, v in zip((header.PARTIAL, *keys), values, strict=False) if v}
     first = row[9] if row[9] is not None else row[10]
     return SeriesSummary(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                         row[8], facts, first, row[10], row[11])  # fmt: skip
+                         row[8], facts, first, row[10], row[11], row[12])  # fmt: skip

@@ -77,6 +77,7 @@ class Router:
             self.settings.routing.apply,
             self.settings.node.stable_after_seconds,
             study.pending_since,
+            self.settings.node.interrupted_hold_seconds,
         )
         created, waiting = 0, 0
         for plan in plans:

@@ -183,16 +183,21 @@ def plan_study(
     apply: str = "all",
     default_quiet: float = 30.0,
     pending_since: float | None = None,
+    interrupted_hold: float = 0.0,
 ) -> list[SeriesPlan]:
     """Match every series of a study and decide each matched rule's readiness.
     ``pending_since``: when the study's first instance not yet routed arrived (a
-    late instance restarts the forced-completion timeout from there)."""
+    late instance restarts the forced-completion timeout from there).
+    ``interrupted_hold``: how long a series whose sending association ended
+    unfinished waits for the sender to send again (quiet and release triggers)."""
     when = datetime.fromtimestamp(now)
     plans = []
     for series in study:
         plan = match(series, study, rules, when, apply)
         plan.applied = [
-            _with_readiness(a.rule, series, study, now, default_quiet, when, pending_since)
+            _with_readiness(
+                a.rule, series, study, now, default_quiet, when, pending_since, interrupted_hold
+            )  # fmt: skip
             for a in plan.applied
         ]
         plans.append(plan)
@@ -201,10 +206,10 @@ def plan_study(
 
 def _with_readiness(rule: Rule, series: SeriesSummary, study: Sequence[SeriesSummary],
                     now: float, default_quiet: float, when: datetime,
-                    pending_since: float | None) -> Applied:  # fmt: skip
+                    pending_since: float | None, interrupted_hold: float) -> Applied:  # fmt: skip
     unit = [series] if rule.trigger.per == "series" else list(study)
     waiting, forced_at = readiness(rule.trigger, unit, study, now, default_quiet, when,
-                                   pending_since)  # fmt: skip
+                                   pending_since, interrupted_hold)  # fmt: skip
     return Applied(rule, ready=waiting is None, waiting=waiting or "", forced_at=forced_at)
 
 
@@ -216,9 +221,14 @@ def readiness(
     default_quiet: float,
     when: datetime | None = None,
     pending_since: float | None = None,
+    interrupted_hold: float = 0.0,
 ) -> tuple[str | None, float]:
     """(None if complete else what it waits for, forced-completion time). The
-    timeout runs from the unit's first instance not yet routed."""
+    timeout runs from the unit's first instance not yet routed. A quiet or release
+    trigger also waits ``interrupted_hold`` after an association that brought
+    instances of the unit ended unfinished (aborted, lost, failed stores), unless
+    an association begun since was released: acting then would make a result from
+    the part of a series that arrived before the sender's retry."""
     first = max(min(s.first_received for s in unit), pending_since or 0.0)
     last = max(s.last_received for s in unit)
     forced_at = first + trigger.timeout_seconds
@@ -238,6 +248,16 @@ def readiness(
         )
     else:
         waiting = _expected(trigger, unit, study, when or datetime.fromtimestamp(now))
+    if waiting is None and trigger.wait_for != "expected" and interrupted_hold > 0:
+        held = [
+            s.interrupted_at + interrupted_hold
+            for s in unit
+            if s.interrupted_at is not None and s.interrupted_at + interrupted_hold > now
+        ]
+        if held:
+            waiting = (f"the sender to send again after an association ended unfinished"
+                       f" (aborted, lost or with failed stores), {max(held) - now:.0f} s more"
+                       f" at most (node.interrupted_hold_seconds)")  # fmt: skip
     if waiting is not None and now >= forced_at:
         return None, forced_at
     return waiting, forced_at

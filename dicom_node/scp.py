@@ -45,7 +45,9 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -157,6 +159,7 @@ class Receiver:
         self._lock = threading.Lock()
         self.counts: dict[int, dict[str, int]] = {}
         self.series_by_assoc: dict[int, set[str]] = {}  # for triggers on release
+        self.started: dict[int, float] = {}  # when each association was accepted
         self._held: dict[int, Slot] = {}
         self._received: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
@@ -330,37 +333,52 @@ class Receiver:
         return 0x0000
 
     def handle_accepted(self, event: Any) -> None:
+        with self._lock:
+            self.started[id(event.assoc)] = time.time()
         logger.info("association accepted", extra=_origin(event).log())
 
     def handle_closed(self, event: Any) -> None:
         with self._lock:
             counts = self.counts.pop(id(event.assoc), None) or {"stored": 0, "failed": 0}
             series = self.series_by_assoc.pop(id(event.assoc), set())
+            started = self.started.pop(id(event.assoc), 0.0)
         self.association_ended(_origin(event), counts["stored"], counts["failed"], series,
-                               released=event.event == evt.EVT_RELEASED)  # fmt: skip
+                               released=event.event == evt.EVT_RELEASED,
+                               started=started)  # fmt: skip
 
     def association_ended(
-        self, origin: Origin, stored: int, failed: int, series: set[str], released: bool
+        self,
+        origin: Origin,
+        stored: int,
+        failed: int,
+        series: set[str],
+        released: bool,
+        started: float = 0.0,
     ) -> None:
-        """Series of a released association are complete (an abort completes nothing).
-        The database may be away for a moment (a restart): marking is retried for up
-        to ``RELEASE_MARK_SECONDS``, then left to the rules' timeouts, with a log line."""
+        """Series of a released association are complete (an abort completes nothing);
+        an association begun at ``started`` that was aborted, lost or had failed
+        stores leaves its series *interrupted*: routing waits for the sender to send
+        again (``node.interrupted_hold_seconds``). The database may be away for a
+        moment (a restart): marking is retried for up to ``RELEASE_MARK_SECONDS``,
+        then left to the rules' timeouts, with a log line."""
         if series and released:
-            self._mark_released(sorted(series), origin)
+            self._mark(partial(self.index.mark_released, sorted(series), started), origin)
+        if series and (failed or not released):
+            self._mark(partial(self.index.mark_interrupted, sorted(series)), origin)
         if stored or failed:
             logger.info("association ended: %d stored, %d failed", stored, failed,
                         extra=origin.log())  # fmt: skip
 
-    def _mark_released(self, series: list[str], origin: Origin) -> None:
+    def _mark(self, mark: Callable[[], None], origin: Origin) -> None:
         deadline = time.monotonic() + RELEASE_MARK_SECONDS
         pause = 0.25
         while True:
             try:
-                self.index.mark_released(series)
+                mark()
                 return
             except self.index.db.transient_errors as exc:
                 if time.monotonic() + pause > deadline:
-                    logger.error("could not record that an association was released (%s):"
+                    logger.error("could not record how an association ended (%s):"
                                  " its series complete by their rules' timeouts instead",
                                  type(exc).__name__, extra=origin.log())  # fmt: skip
                     return

@@ -83,6 +83,10 @@ class NodeSettings(_Section):
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=0, le=65535)] = 11112
     stable_after_seconds: Seconds = 30.0
+    # After an association that brought instances of a series ended unfinished
+    # (aborted, lost, failed stores), its series waits this long for the sender to
+    # send again before a quiet or release trigger acts on it (0: no wait).
+    interrupted_hold_seconds: Seconds = 300.0
     allowed_calling_aets: list[AeTitle] = Field(default_factory=list)
     require_called_aet: bool = True
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 10

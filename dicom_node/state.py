@@ -127,10 +127,13 @@ ADDED_COLUMNS: tuple[tuple[int, str, str, str], ...] = (
     (4, "series", "facts_rev", "{big} NOT NULL DEFAULT 0"),
     # 5: when the instances not yet routed started arriving (forced-completion timeouts)
     (5, "studies", "pending_since", "{real}"),
+    # 7: when an association that brought instances of the series ended unfinished
+    # (aborted, lost, or with failed stores): routing holds the series for the retry
+    (7, "series", "interrupted_at", "{real}"),
 )
 # 6: PostgreSQL only: the functions of ``index.POSTGRES_FUNCTIONS`` (created by
 # ``postgres``; SQLite has nothing to add).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 assert SCHEMA_VERSION >= max(version for version, *_ in ADDED_COLUMNS)
 
 SQLITE_TYPES = {"id": "INTEGER PRIMARY KEY", "real": "REAL", "big": "INTEGER"}

@@ -45,7 +45,8 @@ def explain(
     out = []
     order = {rule.name: i for i, rule in enumerate(settings.rules)}
     plans = plan_study(series, settings.rules, now, settings.routing.apply,
-                       settings.node.stable_after_seconds, study.pending_since)  # fmt: skip
+                       settings.node.stable_after_seconds, study.pending_since,
+                       settings.node.interrupted_hold_seconds)  # fmt: skip
     for plan in plans:
         rec = record(plan)
         rules: list[dict[str, Any]] = []

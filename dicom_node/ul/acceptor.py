@@ -152,6 +152,7 @@ class Association:
         self.view = memoryview(self.buffer)
         self.accepted: dict[int, str] = {}  # context ID → transfer syntax
         self.abstract: dict[int, str] = {}  # context ID → abstract syntax (SOP class)
+        self.started = 0.0  # when the association was accepted
         self.command = bytearray()
         self.message: _Message | None = None
         self.tally = _Tally()
@@ -197,7 +198,7 @@ class Association:
                 slot.release()
                 t = self.tally
                 self.receiver.association_ended(self.origin, t.stored, t.failed, t.series,
-                                                released)  # fmt: skip
+                                                released, self.started)  # fmt: skip
 
     def _associate(self) -> Slot | None:
         """Read the A-ASSOCIATE-RQ; answer AC (and return the held slot) or RJ."""
@@ -231,6 +232,7 @@ class Association:
         except BaseException:
             slot.release()
             raise
+        self.started = time.time()
         logger.info("association accepted", extra=self.origin.log())
         return slot
 

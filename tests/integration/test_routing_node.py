@@ -6,11 +6,15 @@ with its audit log."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import numpy as np
 import yaml
 from pydicom import dcmread
 
-from tests.support.peers import NodeProcess, Storescp, storescu
+from tests.support.ct_series import SeriesOptions, write_ct_series
+from tests.support.peers import REPO, NodeProcess, Storescp, storescu
 from tests.support.scanner_files import CASES, ROOT, write_cases
 from tests.support.wait import wait_for
 
@@ -102,4 +106,40 @@ def test_saving_the_config_file_reloads_it_and_the_change_is_audited(tmp_path):
         assert len(entry["sha256"]) == 64 and entry["rules"] == 1
     finally:
         code = node.stop()
+    assert code == 0
+
+
+def test_a_series_cut_off_mid_push_waits_for_the_senders_retry_and_runs_once_on_all(tmp_path):
+    """An association lost mid-push leaves half a series; a quiet trigger must not
+    act on that half before the sender has had time to send again."""
+    copy = Storescp(tmp_path / "copy").start()
+    series = write_ct_series(tmp_path / "ct", np.zeros((10, 64, 64), np.int16), SeriesOptions())
+    config = {
+        "node": {"interrupted_hold_seconds": 3600},
+        "storage": {"dir": "var"},
+        "destinations": {"copy": {"ae_title": copy.aet, "host": "127.0.0.1", "port": copy.port}},
+        "rules": [{"name": "copy-ct", "forward": ["copy"], "trigger": {"per": "series",
+                   "quiet_seconds": 0}, "when": {"attribute": "Modality", "equals": "CT"}}],
+    }  # fmt: skip
+    node = NodeProcess(tmp_path / "node", config).start()
+    try:
+        size = series.paths[0].stat().st_size
+        cut = subprocess.run(
+            [sys.executable, "-m", "tests.support.raw_scu", str(node.port),
+             *map(str, series.paths), "--cut-after", str(5 * size)],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+        assert cut.returncode == 3, cut.stdout + cut.stderr  # the connection was cut
+        wait_for(lambda: "association lost" in node.log(), 30, "the lost association")
+        why = node.cli("status", "--study", series.study_uid).stdout
+        assert "copy-ct: waiting for the sender to send again after an association ended" \
+            " unfinished" in why, why  # fmt: skip
+        assert storescu(node.port, series.paths).returncode == 0  # the sender's retry
+        wait_for(lambda: len(copy.files()) == 10, 60, "the whole series forwarded")
+        jobs = node.status()["recent_jobs"]
+        assert [(j["rule"], j["state"]) for j in jobs] == [("copy-ct", "done")], jobs
+        assert "job 1: forward 10 instances to copy" in node.log()
+    finally:
+        code = node.stop()
+        copy.stop()
     assert code == 0

@@ -42,6 +42,7 @@ def series(
     first: float = 0.0,
     last: float = 0.0,
     released: float | None = None,
+    interrupted: float | None = None,
 ) -> SeriesSummary:
     """A series of the given instances (the first one repeated ``n`` times)."""
     facts: header.SeriesFacts = {}
@@ -49,7 +50,7 @@ def series(
     for i, d in enumerate(items):
         header.merge(facts, header.instance_facts(d, context), i == 0)
     return SeriesSummary("1.2", uid, "", "", "", "", "", "", len(items), facts, first, last,
-                         released)  # fmt: skip
+                         released, interrupted)  # fmt: skip
 
 
 def rule(when: object = None, **kw: object) -> Rule:
@@ -225,6 +226,30 @@ def test_release_trigger_waits_for_the_association_to_end():
     [plan] = plan_study([open_], [r], now=11.0)
     assert plan.applied[0].waiting == "the association sending 1 series to be released"
     [plan] = plan_study([series(ds(), last=10.0, released=10.5)], [r], now=11.0)
+    assert plan.applied[0].ready
+
+
+@pytest.mark.parametrize("wait_for", ["quiet", "release"])
+def test_a_series_whose_association_ended_unfinished_waits_for_the_retry(wait_for):
+    trigger = {"wait_for": wait_for, "quiet_seconds": 5, "timeout_seconds": 3600}
+    r = rule({"attribute": "Modality", "equals": "CT"}, trigger=trigger)
+    cut = series(ds(), first=0.0, last=10.0, released=10.0, interrupted=10.0)
+    [plan] = plan_study([cut], [r], now=100.0, interrupted_hold=300.0)
+    assert plan.applied[0].waiting.startswith("the sender to send again after an association")
+    assert "210 s more at most" in plan.applied[0].waiting
+    [plan] = plan_study([cut], [r], now=310.0, interrupted_hold=300.0)
+    assert plan.applied[0].ready, "no retry came: it acts on what it has"
+    [plan] = plan_study([cut], [r], now=100.0, interrupted_hold=0.0)
+    assert plan.applied[0].ready, "node.interrupted_hold_seconds: 0 turns the wait off"
+    [plan] = plan_study([series(ds(), last=10.0, released=10.0)], [r], now=100.0,
+                        interrupted_hold=300.0)  # fmt: skip
+    assert plan.applied[0].ready, "a retry's released association cleared the interruption"
+
+
+def test_the_forced_timeout_ends_the_wait_for_a_retry():
+    r = rule({"attribute": "Modality", "equals": "CT"}, trigger={"timeout_seconds": 60})
+    cut = series(ds(), first=0.0, last=10.0, interrupted=10.0)
+    [plan] = plan_study([cut], [r], now=61.0, default_quiet=5, interrupted_hold=300.0)
     assert plan.applied[0].ready
 
 

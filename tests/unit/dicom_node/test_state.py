@@ -105,6 +105,20 @@ def test_a_starting_node_is_alone_only_while_no_other_node_receives(open_db):
     c.leave()
 
 
+def test_an_interruption_is_cleared_only_by_an_association_begun_after_it(open_db):
+    index = Index(open_db())
+    index.record(InstanceRecord("1.2", "1.2.3", "1.2.3.4", CT, "spool/a.dcm", 10), now=100.0)
+    index.mark_interrupted(["1.2.3"], now=110.0)  # an association lost mid-push
+
+    def interrupted() -> float | None:
+        return index.series_of("1.2")[0].interrupted_at
+
+    index.mark_released(["1.2.3"], started=50.0, now=120.0)  # one running beside it
+    assert interrupted() == 110.0
+    index.mark_released(["1.2.3"], started=115.0, now=130.0)  # the sender's retry
+    assert interrupted() is None
+
+
 def test_an_sqlite_file_from_before_schema_versions_is_migrated(tmp_path: Path):
     old = sqlite3.connect(tmp_path / "node.sqlite")
     old.executescript(
