@@ -132,11 +132,18 @@ def main(argv: list[str] | None = None, backend: Any = None) -> int:
     configure_logging(args.log_level)
     try:
         settings = load_settings(args.config)
-        if backend is not None:
+        if backend is not None and args.command in ("serve", "worker", "check-config", "rules"):
             check_pipeline_names(settings, backend.pipeline_names(settings))
     except ConfigError as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)
         return 2
+    # Model folders are checked once where an operator reads the result: at the
+    # node's start, by check-config, and by a worker of its own (an embedded worker
+    # shares the node's log, which has them already). ``models list`` prints them.
+    embedded_worker = args.command == "worker" and settings.broker.embedded
+    if backend is not None and args.command in ("serve", "worker", "check-config"):
+        if not embedded_worker:
+            backend.check_models(settings)
     # Everything the node and its workers create (spool, database, results, broker
     # files) is for the node's user only, or its group when storage.group_access.
     os.umask(0o027 if settings.storage.group_access else 0o077)
@@ -316,13 +323,27 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
 
 
 def _measured(summary: dict[str, Any]) -> str:
-    """E.g. "  right 2408 ml (LAA-950 0.8 %), left 1915 ml (LAA-950 0.7 %)"."""
-    parts = [
-        f"{side} {m['volume_ml']:.0f} ml (LAA-950 {m['emphysema_percent']:.1f} %)"
-        for side, m in summary.items()
-        if isinstance(m, dict) and {"volume_ml", "emphysema_percent"} <= set(m)
-    ]
+    """What a job measured, e.g. "  right 2408 ml (LAA-950 0.8 %), left 1915 ml
+    (LAA-950 0.7 %)" (lung-ct), "  Lesion 12.4 ml (mean 251.3, max diameter 31.0 mm)"
+    (a manifest's segment), "  finding_0 0.8731" (a manifest's finding)."""
+    parts = []
+    for name, value in summary.items():
+        if isinstance(value, dict) and "volume_ml" in value:
+            parts.append(_segment_text(name, value))
+        elif name.startswith("finding_") and isinstance(value, int | float):
+            parts.append(f"{name} {value:g}")
     return "  " + ", ".join(parts) if parts else ""
+
+
+def _segment_text(name: str, m: dict[str, Any]) -> str:
+    if "emphysema_percent" in m:
+        return f"{name} {m['volume_ml']:.0f} ml (LAA-950 {m['emphysema_percent']:.1f} %)"
+    extra = []
+    if "mean_intensity" in m:
+        extra.append(f"mean {m['mean_intensity']:.1f}")
+    if "max_diameter_mm" in m:
+        extra.append(f"max diameter {m['max_diameter_mm']:.1f} mm")
+    return f"{name} {m['volume_ml']:.1f} ml" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _purge(settings: Settings, job_id: int) -> int:

@@ -311,14 +311,24 @@ class Node:
         try:
             new = load_settings(self.config)
             # The workers keep the models they started with: a rule may only name those.
-            check_pipeline_names(new, self.backend.pipeline_names(self.settings))
+            running = self.backend.pipeline_names(self.settings)
+            pending = (
+                frozenset(self.backend.pipeline_names(new) - running)
+                if new.models != self.settings.models
+                else frozenset()
+            )
+            check_pipeline_names(new, running, pending)
         except ConfigError as exc:
             logger.error("configuration NOT reloaded; the running one stays in force: %s", exc)
             return False
         later = [k for k in ("node", "storage", "broker", "workers", "models")
                  if getattr(new, k) != getattr(self.settings, k)]  # fmt: skip
         if later:
-            logger.warning("changes to %s take effect at the next restart", ", ".join(later))
+            logger.warning(
+                "changes to %s take effect at the next restart of the node and its workers"
+                " (e.g. systemctl restart dicom-node)",
+                ", ".join(later),
+            )
         keys = audit.changed_keys(self.loaded, new)
         self.loaded = new
         live = {"rules": new.rules, "destinations": new.destinations, "send": new.send,

@@ -308,17 +308,51 @@ def _absolute(value: str, base: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def check_pipeline_names(settings: Settings, known: set[str]) -> None:
-    """Every rule must name a pipeline the workers have."""
+RESTART_HINT = (
+    "a change to models: takes effect when the node and its workers restart"
+    " (e.g. systemctl restart dicom-node); until then rules may only name the"
+    " pipelines it started with"
+)
+
+
+def check_pipeline_names(
+    settings: Settings, known: set[str], after_restart: frozenset[str] = frozenset()
+) -> None:
+    """Every rule must name a pipeline the workers have. ``after_restart``: names
+    the config's ``models:`` would add, which the running workers do not have."""
     for i, rule in enumerate(settings.rules):
         for j, run in enumerate(rule.runs):
-            if run.pipeline not in known:
-                k = j - (rule.pipeline is not None)
-                key = "pipeline" if k < 0 else f"run.{k}.pipeline"
+            if run.pipeline in known:
+                continue
+            k = j - (rule.pipeline is not None)
+            loc: tuple[str | int, ...] = (
+                ("rules", i, "pipeline") if k < 0 else ("rules", i, "run", k, "pipeline")
+            )
+            where = _where(settings.source, loc)
+            key = ".".join(str(p) for p in loc)
+            if run.pipeline in after_restart:
                 raise ConfigError(
-                    f"{settings.source}: rules.{i}.{key}: unknown pipeline {run.pipeline!r}"
-                    f" (known: {', '.join(sorted(known))})"
+                    f"{where}: {key}: rule {rule.name!r} names pipeline {run.pipeline!r},"
+                    f" which comes from a models: folder the running node has not loaded;"
+                    f" {RESTART_HINT}"
                 )
+            raise ConfigError(
+                f"{where}: {key}: rule {rule.name!r} names unknown pipeline {run.pipeline!r}"
+                f" (known: {', '.join(sorted(known))})"
+            )
+
+
+def _where(source: Literal["defaults"] | Path, loc: tuple[str | int, ...]) -> str:
+    """``file:line`` of the key at ``loc`` in the config file (``file`` when the
+    file cannot be read again)."""
+    if source == "defaults":
+        return "embedded defaults"
+    try:
+        root = yaml.compose(Path(source).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return str(source)
+    line = _line_of(root, loc)
+    return f"{source}:{line}" if line else str(source)
 
 
 def load_settings(path: Path | None) -> Settings:

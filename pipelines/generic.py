@@ -61,10 +61,20 @@ class ManifestPrediction:
     found: list[SegmentMeasures] = field(default_factory=list)
     findings: list[float] = field(default_factory=list)
     model: str = ""
+    measured: dict[str, tuple[str, ...]] = field(default_factory=dict)  # segment -> measures
 
     def summary(self) -> dict[str, Any]:
-        """Per segment volume (ml), per finding its value; safe to log (no PHI)."""
-        out: dict[str, Any] = {m.name: {"volume_ml": round(m.volume_ml, 1)} for m in self.found}
+        """Per segment its volume (ml) and the other measures the manifest asks for
+        (``mean_intensity``, ``max_diameter_mm``), per finding its value; safe to log
+        (no PHI)."""
+        out: dict[str, Any] = {}
+        for m in self.found:
+            wanted = self.measured.get(m.name, ("volume",))
+            out[m.name] = {"volume_ml": round(m.volume_ml, 1)}
+            if "mean_intensity" in wanted:
+                out[m.name]["mean_intensity"] = round(m.mean_intensity, 1)
+            if "max_diameter" in wanted:
+                out[m.name]["max_diameter_mm"] = round(m.max_diameter_mm, 1)
         out.update({f"finding_{i}": round(v, 4) for i, v in enumerate(self.findings)})
         return out
 
@@ -202,7 +212,10 @@ def infer(manifest: Manifest, model: Any, volume: Volume) -> ManifestPrediction:
     if not found:
         wanted = ", ".join(s.name for s in manifest.outputs.segments)
         raise SeriesNotUsable(f"{manifest.name} found none of its segments ({wanted})")
-    return ManifestPrediction(labels, found, model=model_id)
+    measured: dict[str, tuple[str, ...]] = {
+        s.name: tuple(s.measurements) for s in manifest.outputs.segments
+    }
+    return ManifestPrediction(labels, found, model=model_id, measured=measured)
 
 
 def _findings(manifest: Manifest, model: Any, x: np.ndarray) -> list[float]:

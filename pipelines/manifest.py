@@ -294,19 +294,29 @@ def read_manifest(folder: Path, verify: bool = True) -> Manifest:
     except ValidationError as exc:
         raise ManifestError(describe_errors(exc, root, path)) from None
     if verify:
-        verify_model_file(manifest, path, _line_of(root, ("model", "sha256")))
+        lines = {key: _line_of(root, ("model", key)) for key in ("path", "sha256")}
+        verify_model_file(manifest, path, lines)
     return manifest
 
 
-def verify_model_file(manifest: Manifest, path: Path, line: int | None = None) -> None:
-    where = f"{path}:{line}" if line else str(path)
+def verify_model_file(
+    manifest: Manifest, path: Path, lines: dict[str, int | None] | None = None
+) -> None:
+    """Raise ``ManifestError`` naming ``model.path`` when the model file is missing,
+    ``ChecksumMismatch`` naming ``model.sha256`` when its bytes differ; ``lines``:
+    the line of each of those keys in ``path``, for the message."""
+
+    def where(key: str) -> str:
+        line = (lines or {}).get(key)
+        return f"{path}:{line}" if line else str(path)
+
     target = manifest.model_path
     if not target.exists():
-        raise ManifestError(f"{where}: model.path: {manifest.model.path} does not exist")
+        raise ManifestError(f"{where('path')}: model.path: {manifest.model.path} does not exist")
     actual = model_checksum(target)
     if actual != manifest.model.sha256:
         raise ChecksumMismatch(
-            f"{where}: model.sha256: the model file's SHA-256 is {actual}, "
+            f"{where('sha256')}: model.sha256: the model file's SHA-256 is {actual}, "
             f"the manifest says {manifest.model.sha256}"
         )
 

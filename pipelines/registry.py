@@ -73,9 +73,11 @@ class Catalog:
         raise KeyError(f"unknown pipeline {name!r}; known: {known}")
 
 
-def discover(folders: Iterable[Path] = (), verify: bool = True) -> Catalog:
+def discover(folders: Iterable[Path] = (), verify: bool = True, log: bool = True) -> Catalog:
     """The built-in manifests, then those in ``folders`` (a later one with the
-    same name replaces an earlier one, with a warning)."""
+    same name replaces an earlier one, with a warning). With ``verify``, each
+    model file must exist and match its checksum; with ``log``, each refused
+    folder is logged (once per call) with its error."""
     catalog = Catalog()
     candidates = [builtin_folder(rel) for rel in BUILTIN.values()] + [Path(f) for f in folders]
     for folder in candidates:
@@ -84,15 +86,17 @@ def discover(folders: Iterable[Path] = (), verify: bool = True) -> Catalog:
         except ManifestError as exc:
             label = _name_in(folder) or str(folder)
             catalog.refused[label] = str(exc)
-            logger.error("model folder %s refused: %s", folder, exc)
+            if log:
+                logger.error("model folder %s refused: %s", folder, exc)
             continue
         unknown = set(manifest.hooks.values()) - set(HOOKS)
         if unknown:
             message = f"{folder}/model.yaml: hooks: unknown hook(s) {', '.join(sorted(unknown))}"
             catalog.refused[manifest.name] = message
-            logger.error("model folder %s refused: %s", folder, message)
+            if log:
+                logger.error("model folder %s refused: %s", folder, message)
             continue
-        if manifest.name in catalog.manifests:
+        if manifest.name in catalog.manifests and log:
             logger.warning("model folder %s replaces pipeline %s", folder, manifest.name)
         catalog.manifests[manifest.name] = manifest
         catalog.refused.pop(manifest.name, None)

@@ -59,8 +59,16 @@ class CeleryBackend:
         ones (their jobs fail with the manifest's error), and code pipelines."""
         from pipelines.registry import discover
 
-        # Names only: the workers verify each model's checksum when they load it.
-        return discover(settings.models, verify=False).names() | set(self.pipelines)
+        # Names only, nothing logged: ``check_models`` reports the refusals.
+        return discover(settings.models, verify=False, log=False).names() | set(self.pipelines)
+
+    def check_models(self, settings: Settings) -> None:
+        """Check every manifest folder fully (manifest, model file present, checksum;
+        TensorFlow is not loaded) and log each refusal once, with its folder, key and
+        line."""
+        from pipelines.registry import discover
+
+        discover(settings.models, verify=True, log=True)
 
     def list_models(self, settings: Settings) -> int:
         from workers.catalog import list_models

@@ -19,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.manifest import ManifestError, read_manifest
+from pipelines.manifest import Manifest, ManifestError, read_manifest
 from pipelines.registry import discover
 
 SYNTHETIC_SIZE = 32  # voxels along an axis the model leaves free
 
 
 def list_models(folders: Sequence[Path], code: Mapping[str, Any]) -> int:
-    catalog = discover(folders)
+    # The refusals are printed below, not logged as well.
+    catalog = discover(folders, log=False)
     for name in sorted(catalog.manifests):
         m = catalog.manifests[name]
         hooks = f" hooks: {', '.join(sorted(m.hooks))}" if m.hooks else ""
@@ -35,11 +36,25 @@ def list_models(folders: Sequence[Path], code: Mapping[str, Any]) -> int:
             f"[{', '.join(m.accepts.modalities)} -> {m.outputs.kind}] "
             f"{m.model.format} {m.model_path} sha256:{m.model.sha256[:12]}{hooks}"
         )
+        for label, value in _about(m):
+            print(f"    {label + ':':<14}{value}")
     for name in sorted(code):
         print(f"{name}: code pipeline")
     for label in sorted(catalog.refused):
         print(f"REFUSED {label}: {catalog.refused[label]}")
     return 1 if catalog.refused else 0
+
+
+def _about(m: Manifest) -> list[tuple[str, str]]:
+    """The manifest's own words about the model, those it gives, one per line."""
+    about = [
+        ("description", m.description),
+        ("authors", ", ".join(m.algorithm.authors)),
+        ("licence", m.algorithm.licence),
+        ("intended use", m.algorithm.intended_use),
+        ("manufacturer", m.algorithm.manufacturer),
+    ]
+    return [(label, " ".join(value.split())) for label, value in about if value.strip()]
 
 
 def check_model(folder: Path) -> int:

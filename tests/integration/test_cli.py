@@ -23,14 +23,27 @@ def test_serve_refuses_a_bad_config_naming_the_key_and_line(tmp_path):
     assert "config.yaml:3: node.ae_titel: Extra inputs are not permitted" in result.stderr
 
 
-def test_unknown_pipeline_in_a_rule_is_a_config_error(tmp_path):
-    (tmp_path / "config.yaml").write_text(
-        "rules:\n  - name: r\n    match: {Modality: CT}\n    pipeline: liver-mr\n"
+def test_unknown_pipeline_in_a_rule_is_a_config_error_naming_its_line_and_rule(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("rules:\n  - name: r\n    match: {Modality: CT}\n    pipeline: liver-mr\n")
+    result = dicom_node("check-config", "--config", "config.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    expected = (f"{config.resolve()}:4: rules.0.pipeline: rule 'r' names unknown pipeline"
+                " 'liver-mr' (known: brain-t1, lung-ct)")  # fmt: skip
+    assert expected in result.stderr
+    config.write_text(
+        "rules:\n"
+        "  - name: both\n"
+        "    match: {Modality: CT}\n"
+        "    pipeline: lung-ct\n"
+        "    run:\n"
+        "      - {pipeline: brain-t1}\n"
+        "      - {pipeline: bone-fidner}\n"
     )
     result = dicom_node("check-config", "--config", "config.yaml", cwd=tmp_path)
     assert result.returncode == 2
-    expected = "rules.0.pipeline: unknown pipeline 'liver-mr' (known: brain-t1, lung-ct)"
-    assert expected in result.stderr
+    assert (f"{config.resolve()}:7: rules.0.run.1.pipeline: rule 'both' names unknown pipeline"
+            " 'bone-fidner'") in result.stderr  # fmt: skip
 
 
 def test_shipped_config_checks_clean_when_copied_elsewhere(tmp_path):
@@ -112,3 +125,35 @@ def test_purge_deletes_a_failed_jobs_images_and_notes_it(tmp_path):
     assert not (spool.root / rel).exists()
     assert jobs.get(job).reason.endswith("[source images purged by operator]")
     db.close()
+
+
+def test_status_shows_what_each_done_job_measured(tmp_path):
+    from dicom_node.jobs import Jobs, JobState, Move
+    from dicom_node.spool import Spool
+
+    node = NodeProcess(tmp_path, {"storage": {"dir": "var"}, "rules": []})
+    node.write_config()  # the suite's PostgreSQL run adds its database
+    Spool(tmp_path / "var").create()
+    db = node.database()
+    jobs = Jobs(db)
+    summaries = {
+        "lung-ct": {"right": {"volume_ml": 2666.2, "emphysema_percent": 0.04},
+                    "left": {"volume_ml": 2301.0, "emphysema_percent": 1.26}},
+        "bone-finder": {"Bone": {"volume_ml": 812.44}, "peak_rss_mb": 900},
+        "bright-lesion": {"Lesion": {"volume_ml": 4.2, "mean_intensity": 251.37,
+                                     "max_diameter_mm": 20.96}},
+        "nodule-score": {"finding_0": 0.8731},
+    }  # fmt: skip
+    for i, (pipeline, summary) in enumerate(summaries.items()):
+        job = jobs.create(study_uid="1.2", series_uid=f"1.2.{i}", rule="r", pipeline=pipeline,
+                          sop_uids=[f"1.2.{i}.1"], inputs=[], destinations=[])  # fmt: skip
+        jobs.move(job, Move.FINISH, 1.0, to=JobState.DONE, summary=summary)
+    db.close()
+    result = node.cli("status")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[3]: line for line in result.stdout.splitlines()
+             if line.startswith("  job ")}  # fmt: skip
+    assert "right 2666 ml (LAA-950 0.0 %), left 2301 ml (LAA-950 1.3 %)" in lines["lung-ct"]
+    assert lines["bone-finder"].endswith("1.2.1  Bone 812.4 ml")
+    assert lines["bright-lesion"].endswith("Lesion 4.2 ml (mean 251.4, max diameter 21.0 mm)")
+    assert lines["nodule-score"].endswith("finding_0 0.8731")

@@ -49,3 +49,47 @@ def test_sighup_applies_new_rules_and_ignores_a_broken_file(tmp_path):
         code = node.stop()
         archive.stop()
     assert code == 0
+
+
+def test_a_rule_for_a_model_folder_added_while_running_says_to_restart(tmp_path):
+    import shutil
+
+    from pipelines.registry import BUILTIN, builtin_folder
+
+    folder = tmp_path / "models" / "bone-finder"
+    shutil.copytree(builtin_folder(BUILTIN["brain-t1"]), folder)
+    manifest = folder / "model.yaml"
+    manifest.write_text(manifest.read_text().replace("name: brain-t1", "name: bone-finder"))
+    config = {"storage": {"dir": "var"}, "routing": {"watch_config": False}, "rules": []}
+    node = NodeProcess(tmp_path / "node", config).start()
+    try:
+        config["models"] = [str(folder)]
+        config["rules"] = [{"name": "bones", "match": {"Modality": "CT"},
+                            "pipeline": "bone-finder"}]  # fmt: skip
+        node.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        line = node.config_path.read_text().splitlines().index("  pipeline: bone-finder") + 1
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "NOT reloaded" in node.log(), 30, "the refusal")
+        assert (f"{node.config_path.resolve()}:{line}: rules.0.pipeline: rule 'bones' names"
+                " pipeline 'bone-finder', which comes from a models: folder the running node"
+                " has not loaded; a change to models: takes effect when the node and its"
+                " workers restart") in node.log()  # fmt: skip
+
+        config["rules"] = [{"name": "bones", "match": {"Modality": "CT"},
+                            "pipeline": "bone-fidner"}]  # fmt: skip
+        node.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        node.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: node.log().count("NOT reloaded") == 2, 30, "the second refusal")
+        assert (f"{node.config_path.resolve()}:{line}: rules.0.pipeline: rule 'bones' names"
+                " unknown pipeline 'bone-fidner' (known: brain-t1, lung-ct)"
+                ) in node.log()  # fmt: skip
+    finally:
+        code = node.stop()
+    assert code == 0
+    restarted = NodeProcess(tmp_path / "node", {**config, "rules": [
+        {"name": "bones", "match": {"Modality": "CT"}, "pipeline": "bone-finder"}]})  # fmt: skip
+    try:
+        restarted.start()  # after a restart the rule may name it
+    finally:
+        assert restarted.stop() == 0

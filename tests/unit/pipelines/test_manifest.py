@@ -83,7 +83,21 @@ def test_a_model_file_that_changed_is_refused(tmp_path: Path) -> None:
 def test_a_missing_model_file_is_refused(tmp_path: Path) -> None:
     folder = copy_brain(tmp_path)
     (folder / "graph.pb").unlink()
-    with pytest.raises(ManifestError, match="model.path: graph.pb does not exist"):
+    line = line_of(folder, "  path: graph.pb")
+    with pytest.raises(ManifestError, match=rf"model.yaml:{line}: model.path: graph.pb does not"):
+        read_manifest(folder)
+
+
+def test_a_missing_model_file_names_the_path_line_whatever_the_key_order(tmp_path: Path) -> None:
+    folder = copy_brain(tmp_path)
+    (folder / "graph.pb").unlink()
+    lines = (folder / "model.yaml").read_text().splitlines(keepends=True)
+    at_path = next(i for i, text in enumerate(lines) if text.startswith("  path: graph.pb"))
+    at_sha = next(i for i, text in enumerate(lines) if text.startswith("  sha256:"))
+    lines[at_path], lines[at_sha] = lines[at_sha], lines[at_path]  # sha256 before path
+    (folder / "model.yaml").write_text("".join(lines))
+    line = line_of(folder, "  path: graph.pb")
+    with pytest.raises(ManifestError, match=rf"model.yaml:{line}: model.path: graph.pb does not"):
         read_manifest(folder)
 
 

@@ -50,3 +50,32 @@ def test_a_loaded_model_is_kept_out_of_the_collectors_way():
         assert cache.get(Loads()) is model
     finally:
         gc.unfreeze()
+
+
+def test_a_loaded_model_changed_on_disk_is_warned_about_once_and_kept(tmp_path, caplog):
+    import shutil
+
+    from pipelines.generic import ManifestPipeline
+    from pipelines.manifest import read_manifest
+    from pipelines.registry import BUILTIN, builtin_folder
+
+    folder = tmp_path / "brain"
+    shutil.copytree(builtin_folder(BUILTIN["brain-t1"]), folder)
+
+    class Stub(ManifestPipeline):
+        def load_model(self):  # type: ignore[no-untyped-def]
+            return {"weights": [1.0]}
+
+    pipeline = Stub(read_manifest(folder))
+    cache = ModelCache()
+    model = cache.get(pipeline)
+    cache.get(pipeline)
+    assert "changed on disk" not in caplog.text
+    with open(folder / "graph.pb", "ab") as fh:  # new weights, written in place
+        fh.write(b"\0")
+    assert cache.get(pipeline) is model, "the running worker keeps the model it loaded"
+    cache.get(pipeline)
+    warnings = [r.getMessage() for r in caplog.records if "changed on disk" in r.getMessage()]
+    assert len(warnings) == 1
+    assert str(folder) in warnings[0] and "restart the node and its workers" in warnings[0]
+    gc.unfreeze()
