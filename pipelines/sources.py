@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from pydicom import config
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.valuerep import DA, DT, TM, validate_value
@@ -87,19 +87,38 @@ def _valid(elem: DataElement, iso2022: bool) -> bool:
     return True
 
 
-def _clean(ds: Dataset, found: set[str], depth: int, inside: bool, iso2022: bool) -> None:
+# Raw values already looked at in this call, with their verdict: the slices of one
+# series repeat the same demographic bytes, so each distinct value is decoded and
+# checked once, and the other slices' copies stay undecoded.
+_Verdicts = dict[tuple[int, str, bytes, str, bool], bool]
+
+
+def _clean(
+    ds: Dataset, found: set[str], depth: int, inside: bool, iso2022: bool, seen: _Verdicts
+) -> None:
     """``inside``: ``ds`` is an item of a demographic sequence, where every
     attribute counts as demographic."""
     # Look at the tags first: only the elements checked are decoded from the file's
     # bytes (a CT slice holds ~100 elements, a handful of them demographic).
+    charset = str(ds.get_item(0x00080005).value) if 0x00080005 in ds else ""
     for tag in list(ds.keys()):
         if not (inside or _is_demographic(tag)):
             continue
+        raw = ds.get_item(tag)
+        key = None
+        if isinstance(raw, RawDataElement) and raw.VR != "SQ" and isinstance(raw.value, bytes):
+            key = (int(tag), str(raw.VR), raw.value, charset, iso2022)
+            if seen.get(key):
+                continue  # the same bytes were valid before
         elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value if depth < 4 else ():
-                _clean(item, found, depth + 1, True, iso2022)
-        elif not _valid(elem, iso2022):
+                _clean(item, found, depth + 1, True, iso2022, seen)
+            continue
+        valid = _valid(elem, iso2022)
+        if key is not None:
+            seen[key] = valid
+        if not valid:
             elem.value = None
             found.add(f"({elem.tag.group:04X},{elem.tag.element:04X}) {keyword_for_tag(elem.tag)}")
 
@@ -108,9 +127,10 @@ def clean_headers(datasets: Iterable[Dataset]) -> list[str]:
     """Empty malformed demographic values in place; returns "(gggg,eeee) Keyword" of
     each attribute emptied in any dataset, sorted."""
     found: set[str] = set()
+    seen: _Verdicts = {}
     for ds in datasets:
         iso2022 = "ISO 2022" in str(ds.get("SpecificCharacterSet", ""))
-        _clean(ds, found, 0, False, iso2022)
+        _clean(ds, found, 0, False, iso2022, seen)
         for keyword in TYPE2_KEYWORDS:
             if keyword not in ds:
                 setattr(ds, keyword, None)

@@ -358,6 +358,11 @@ def hounsfield(
     """Stored values -> int16 HU (rounded, clipped to the int16 range), into
     ``out`` when given (an int16 array of the plane's shape)."""
     if slope == 1.0 and intercept.is_integer():
+        if out is not None and out.dtype == np.int16 and _fits_int16(plane, int(intercept)):
+            # Every result fits: add modulo 2**16 on the bits, one pass, exact.
+            shift = np.uint16(int(intercept) & 0xFFFF)
+            np.add(plane.view(np.uint16), shift, out=out.view(np.uint16))
+            return out
         hu = np.add(plane, int(intercept), dtype=np.int32, casting="unsafe")
     else:
         hu = np.rint(plane.astype(np.float32) * np.float32(slope) + np.float32(intercept))
@@ -366,6 +371,14 @@ def hounsfield(
         return hu.astype(np.int16)
     out[...] = hu
     return out
+
+
+def _fits_int16(plane: np.ndarray, shift: int) -> bool:
+    """Whether the 16-bit integer ``plane`` + ``shift`` stays within int16."""
+    kind = plane.dtype
+    if kind.kind not in "iu" or kind.itemsize != 2 or not kind.isnative or plane.size == 0:
+        return False
+    return -32768 <= int(plane.min()) + shift and int(plane.max()) + shift <= 32767
 
 
 def without_pixels(ds: Dataset) -> Dataset:

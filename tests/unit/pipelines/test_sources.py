@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+
+import pydicom
 from pydicom.dataset import Dataset
 
 from pipelines.sources import clean_headers
@@ -60,3 +63,24 @@ def test_escape_sequences_are_kept_only_where_the_character_set_declares_iso_202
     japanese = header(PatientName="Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B")
     japanese.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
     assert clean_headers([japanese]) == []
+
+
+def _as_read(ds: Dataset) -> Dataset:
+    """``ds`` written and read back: its elements raw until looked at, as a job reads them."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer, force=True)
+
+
+def test_every_slice_of_a_series_read_from_files_is_cleaned():
+    slices = [_as_read(header(PatientBirthDate="1970-01-01", PatientSex="M")) for _ in range(3)]
+    slices.append(_as_read(header(PatientBirthDate="19700101", PatientSex="m")))
+    slices.append(_as_read(header(PatientBirthDate="1970-01-01", PatientSex="m")))
+
+    emptied = clean_headers(slices)
+
+    assert emptied == ["(0010,0030) PatientBirthDate", "(0010,0040) PatientSex"]
+    assert [ds.PatientBirthDate for ds in slices] == [None, None, None, "19700101", None]
+    assert [ds.PatientSex for ds in slices] == ["M", "M", "M", None, None]
+    assert {str(ds.PatientName) for ds in slices} == {"Doe^Jane"}

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pipelines.base import SeriesNotUsable
 from pipelines.lung import LungCT
 from pipelines.runner import read_series
-from pipelines.volume import load_ct_volume, load_image_stack
+from pipelines.volume import hounsfield, load_ct_volume, load_image_stack
 from tests.support.ct_series import (
     SENTINEL_PATIENT,
     SeriesOptions,
@@ -238,3 +238,26 @@ def test_bits_above_bits_stored_are_ignored_as_pydicom_does(
     assert len(volume.voxels) == len(paths)
     for ds, plane in zip(volume.sources, volume.voxels, strict=True):
         np.testing.assert_array_equal(plane, expected[str(ds.SOPInstanceUID)])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "low", "high", "intercept"),
+    [
+        ("<u2", 0, 3071, -1024.0),  # the usual CT: one pass
+        ("<u2", 0, 65535, -1024.0),  # above int16 after the shift: clipped
+        ("<i2", -32768, 32767, 5.0),  # both ends clipped
+        ("<i2", -1000, 1000, -3000.0),
+        (">u2", 0, 3071, -1024.0),  # not in native byte order
+    ],
+)
+def test_integer_rescale_into_int16_equals_rounding_and_clipping(
+    dtype: str, low: int, high: int, intercept: float
+) -> None:
+    plane = np.random.default_rng(3).integers(low, high, (16, 24), endpoint=True).astype(dtype)
+    plane.flat[:2] = (low, high)
+    out = np.empty(plane.shape, np.int16)
+
+    hounsfield(plane, 1.0, intercept, out=out)
+
+    expected = np.clip(plane.astype(np.int64) + int(intercept), -32768, 32767)
+    np.testing.assert_array_equal(out, expected)
