@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial.distance import pdist
 
 from pipelines.manifest import Postprocessing, Segment
 
@@ -105,5 +106,4 @@ def max_diameter(mask: np.ndarray, spacing: tuple[float, float, float]) -> float
         points = points[ConvexHull(points).vertices]
     except (QhullError, ValueError):  # flat or tiny: every point is a candidate
         points = points[:: max(1, len(points) // 2000)]
-    gaps = points[:, None, :] - points[None, :, :]
-    return float(np.sqrt((gaps**2).sum(axis=-1).max()))
+    return float(pdist(points).max())  # every pair once, without an n x n x 3 array

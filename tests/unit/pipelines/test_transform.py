@@ -72,3 +72,13 @@ def test_max_diameter_of_a_box_is_its_diagonal() -> None:
     mask = np.zeros((12, 12, 12), bool)
     mask[1:11, 1:6, 1:3] = True  # 10 x 5 x 2 voxels, centres 9, 4, 1 voxels apart
     assert max_diameter(mask, (2.0, 1.0, 1.0)) == pytest.approx(np.sqrt(18**2 + 4**2 + 1**2))
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_max_diameter_is_the_largest_distance_between_any_two_voxel_centres(flat: bool) -> None:
+    mask = np.random.default_rng(7).random((1 if flat else 9, 11, 13)) > 0.6
+    spacing = (3.0, 0.7, 1.1)
+
+    points = np.argwhere(mask) * np.asarray(spacing)
+    brute = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1)).max()
+    assert max_diameter(mask, spacing) == pytest.approx(brute, rel=1e-12)
