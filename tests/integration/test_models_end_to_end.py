@@ -92,6 +92,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         node.start()
         listed = node.cli("models", "list")
         assert "bright-lesion 1.0.0: Bright lesion finder" in listed.stdout, listed.stderr
+        for about in ("    description:  Bright round lesions on CT, outlined slice by slice",
+                      "    authors:      Hospital data science team",
+                      "    licence:      Apache-2.0",
+                      "    intended use: Demonstration only. Not for diagnosis.",
+                      "    manufacturer: Example Hospital"):  # fmt: skip
+            assert about in listed.stdout.splitlines(), listed.stdout
         assert "brain-t1 1.0.0: deepbrain brain extractor" in listed.stdout
         yield Site(archive, node, root)
     finally:
@@ -208,3 +214,7 @@ def test_the_documented_keras_model_segments_a_ct_series_into_orthanc(site: Site
     assert equipment.ManufacturerModelName == "Bright lesion finder"
     assert errors_in_seg(paths["SEG"]) == []
     assert errors_in_sr(paths["SR"]) == []
+    status = site.node.cli("status")
+    assert status.returncode == 0, status.stderr
+    (line,) = [x for x in status.stdout.splitlines() if f"bright-lesion {series.series_uid}" in x]
+    assert re.search(r"  Lesion \d+\.\d ml \(mean \d+\.\d, max diameter \d+\.\d mm\)$", line), line
