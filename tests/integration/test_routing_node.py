@@ -119,7 +119,7 @@ def test_a_series_cut_off_mid_push_waits_for_the_senders_retry_and_runs_once_on_
         "storage": {"dir": "var"},
         "destinations": {"copy": {"ae_title": copy.aet, "host": "127.0.0.1", "port": copy.port}},
         "rules": [{"name": "copy-ct", "forward": ["copy"], "trigger": {"per": "series",
-                   "quiet_seconds": 0}, "when": {"attribute": "Modality", "equals": "CT"}}],
+                   "quiet_seconds": 5}, "when": {"attribute": "Modality", "equals": "CT"}}],
     }  # fmt: skip
     node = NodeProcess(tmp_path / "node", config).start()
     try:
@@ -131,9 +131,14 @@ def test_a_series_cut_off_mid_push_waits_for_the_senders_retry_and_runs_once_on_
         )  # fmt: skip
         assert cut.returncode == 3, cut.stdout + cut.stderr  # the connection was cut
         wait_for(lambda: "association lost" in node.log(), 30, "the lost association")
-        why = node.cli("status", "--study", series.study_uid).stdout
-        assert "copy-ct: waiting for the sender to send again after an association ended" \
-            " unfinished" in why, why  # fmt: skip
+        held = "copy-ct: waiting for the sender to send again after an association ended"
+
+        def why() -> str:
+            return node.cli("status", "--study", series.study_uid).stdout
+
+        # Quiet for 5 s first; then, instead of acting, it waits for the retry.
+        wait_for(lambda: held in why(), 60, "the series held for the sender's retry")
+        assert not copy.files() and not node.status()["recent_jobs"]
         assert storescu(node.port, series.paths).returncode == 0  # the sender's retry
         wait_for(lambda: len(copy.files()) == 10, 60, "the whole series forwarded")
         jobs = node.status()["recent_jobs"]
