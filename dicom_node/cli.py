@@ -272,9 +272,18 @@ def _open(settings: Settings) -> tuple[Any, Any, Any, Any, Any]:
     return spool, db, Index(db), Jobs(db), Outbox(db)
 
 
-def _status(settings: Settings, as_json: bool, limit: int) -> int:
+def status_report(settings: Settings, limit: int) -> dict[str, Any]:
+    """What ``status`` shows (``--json`` prints it as it is): counts, the ``limit``
+    most recent jobs, and the results not yet stored."""
     _, db, index, jobs, outbox = _open(settings)
-    report = {
+    try:
+        return _report(settings, index, jobs, outbox, limit)
+    finally:
+        db.close()
+
+
+def _report(settings: Settings, index: Any, jobs: Any, outbox: Any, limit: int) -> dict[str, Any]:
+    return {
         "storage": str(settings.storage.dir),
         "index": index.counts(),
         "jobs": jobs.counts(),
@@ -305,7 +314,10 @@ def _status(settings: Settings, as_json: bool, limit: int) -> int:
         ],
         "outbox_waiting": outbox.waiting(limit),
     }
-    db.close()
+
+
+def _status(settings: Settings, as_json: bool, limit: int) -> int:
+    report = status_report(settings, limit)
     if as_json:
         print(json.dumps(report, indent=2))
         return 0

@@ -12,17 +12,20 @@ and the other pipelines stay available (``Catalog.refused``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipelines.base import Pipeline
-from pipelines.generic import Hooks, ManifestPipeline
-from pipelines.lung import LungCT
 from pipelines.manifest import Manifest, ManifestError, read_manifest
+
+if TYPE_CHECKING:
+    from pipelines.base import Pipeline
+    from pipelines.generic import Hooks
+    from pipelines.lung import LungCT
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +35,32 @@ BUILTIN: dict[str, str] = {
     "brain-t1": "models/brain_t1",
 }
 
-_lung = LungCT()
+
+# The pipeline code (highdicom, scipy) is imported when a pipeline is first built,
+# not by every command that only needs the pipelines' names (status, serve).
+@functools.cache
+def _lung() -> LungCT:
+    from pipelines.lung import LungCT
+
+    return LungCT()
+
+
+def _lung_prepare(*args: Any) -> Any:
+    return _lung().prepare(*args)
+
+
+def _lung_infer(*args: Any) -> Any:
+    return _lung().infer(*args)
+
+
+def _lung_encode(*args: Any) -> Any:
+    return _lung().encode(*args)
+
+
 HOOKS: Hooks = {
-    "lung-ct.prepare": _lung.prepare,
-    "lung-ct.infer": _lung.infer,
-    "lung-ct.encode": _lung.encode,
+    "lung-ct.prepare": _lung_prepare,
+    "lung-ct.infer": _lung_infer,
+    "lung-ct.encode": _lung_encode,
 }
 
 
@@ -66,6 +90,8 @@ class Catalog:
         if name in self.extra:
             return self.extra[name]()
         if name in self.manifests:
+            from pipelines.generic import ManifestPipeline
+
             return ManifestPipeline(self.manifests[name], HOOKS)
         if name in self.refused:
             raise ManifestError(self.refused[name])

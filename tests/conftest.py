@@ -1,25 +1,96 @@
 import functools
+import inspect
 import os
 from pathlib import Path
 
 import pytest
 
+# Where the nodes' tables live (tests.support.peers.TEST_DATABASE): "sqlite" (unset),
+# "postgresql", or "both": every node_tables test runs once on each engine, in one
+# session (scripts/test.sh), each module's two runs free to go to different processes.
+TEST_DATABASE = "DICOM_NODE_TEST_DATABASE"
+ENGINES = ("sqlite", "postgresql")
 
+# Modules that take longest (docs/benchmarks.md, "Test suite"), handed out first so
+# that no process is left running one of them while the other idles at the end.
+SLOW_FIRST = (
+    "integration/test_faults.py",
+    "integration/test_end_to_end.py",
+    "integration/test_lanes.py",
+    "integration/test_multiframe_end_to_end.py",
+    "integration/test_models_end_to_end.py",
+    "integration/test_brain_multiframe.py",
+    "integration/test_result_validators.py",
+    "integration/test_receive_hostile.py",
+    "unit/pipelines/test_lung_model_other_phantom.py",
+    "unit/workers/test_execute.py",
+    "integration/test_two_nodes.py",
+)
+
+
+def _both() -> bool:
+    return os.environ.get(TEST_DATABASE) == "both"
+
+
+def pytest_generate_tests(metafunc):
+    if _both() and _uses_test_database(str(metafunc.definition.path)):
+        metafunc.parametrize("node_database", ENGINES, scope="module", indirect=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def node_database(request):
+    """The engine of this module's nodes' tables. A module-scoped fixture that starts
+    nodes takes this fixture, so that it starts them again for the other engine."""
+    engine = getattr(request, "param", None)
+    if engine is None:
+        yield "postgresql" if os.environ.get(TEST_DATABASE) == "postgresql" else "sqlite"
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TEST_DATABASE, engine)
+        yield engine
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
+    _mark(config, items)
+
+
+@pytest.hookimpl(specname="pytest_collection_modifyitems", trylast=True)
+def pytest_collection_modifyitems_slow_first(items):  # after pytest's reordering by fixture
+    items.sort(key=_slow_first)
+
+
+def _mark(config, items) -> None:
     for item in items:
-        if "/integration/" in str(item.fspath):
+        path = str(item.path)
+        if "/integration/" in path:
             item.add_marker(pytest.mark.integration)
         if _follows_the_test_database(item):
             item.add_marker(pytest.mark.node_tables)
+            if _both():
+                _check_module_fixtures(item)
+        # --dist loadgroup (scripts/test.sh): a module's tests stay in one process, as
+        # with loadfile, but its SQLite and PostgreSQL runs are two groups.
+        engine = item.callspec.params.get("node_database") if hasattr(item, "callspec") else None
+        group = Path(path).relative_to(config.rootpath).as_posix().replace("@", "_")
+        item.add_marker(pytest.mark.xdist_group(f"{group}-{engine}" if engine else group))
+
+
+def _slow_first(item) -> int:
+    path = item.path.as_posix()
+    for rank, suffix in enumerate(SLOW_FIRST):
+        if path.endswith(suffix):
+            return rank
+    return len(SLOW_FIRST)
 
 
 def _follows_the_test_database(item) -> bool:
     """Tests whose node tables live where DICOM_NODE_TEST_DATABASE says: every test of
     a module that starts nodes (NodeProcess) or opens the suite's database. The
-    PostgreSQL pass of scripts/test.sh runs these (``-m node_tables``); the others
+    PostgreSQL run of scripts/test.sh runs these (``node_tables``); the others
     never open the node's tables (pipelines, validators, CLI checks of files), or
-    already run on both engines in every pass (the ``open_db`` fixture)."""
-    return _uses_test_database(str(item.fspath))
+    already run on both engines in every run (the ``open_db`` fixture)."""
+    return _uses_test_database(str(item.path))
 
 
 @functools.cache
@@ -28,6 +99,32 @@ def _uses_test_database(path: str) -> bool:
     if "PrivateServer(" in text:  # its nodes use a PostgreSQL server of their own
         return False
     return "NodeProcess" in text or "suite_database(" in text
+
+
+def _check_module_fixtures(item) -> None:
+    """A module-scoped fixture that starts nodes without taking ``node_database``
+    would be kept for the module's second engine: its nodes on the first one."""
+    for name, defs in item._fixtureinfo.name2fixturedefs.items():
+        fixture = defs[-1]
+        if fixture.scope == "function" or name == "node_database":
+            continue
+        if "NodeProcess(" in inspect.getsource(fixture.func) and not _takes_engine(
+            fixture, item._fixtureinfo.name2fixturedefs
+        ):
+            raise pytest.UsageError(
+                f"{item.path}: fixture {name} ({fixture.scope} scope) starts nodes:"
+                " it must take the node_database fixture"
+            )
+
+
+def _takes_engine(fixture, defs) -> bool:
+    names = list(fixture.argnames)
+    while names:
+        name = names.pop()
+        if name == "node_database":
+            return True
+        names.extend(defs[name][-1].argnames if name in defs else ())
+    return False
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -112,7 +112,7 @@ def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(tmp_path, phantom, s
         status = node.status()
         [job] = status["recent_jobs"]
         assert job["state"] == "done" and set(job["timings"]) >= {"load", "infer", "encode"}
-        wait_for(lambda: node.status()["outbox"] == {"sent": 2}, 30, "outbox to drain")
+        node.wait_status(lambda s: s["outbox"] == {"sent": 2}, 30, "outbox to drain")
         log = node.log()
         assert all(value not in log for value in SENTINEL_PATIENT.values())
     finally:
@@ -166,8 +166,8 @@ def test_series_the_pipeline_cannot_use_end_skipped_with_a_reason(tmp_path, phan
             tmp_path / "one", phantom.hu[30:31], SeriesOptions(spacing=phantom.spacing)
         )
         assert storescu(node.port, [*mr.paths, *one.paths]).returncode == 0
-        wait_for(lambda: node.status()["jobs"].get("skipped") == 2, 120, "two skipped jobs")
-        reasons = sorted(j["reason"] for j in node.status()["recent_jobs"])
+        status = node.wait_status(lambda s: s["jobs"].get("skipped") == 2, 120, "two skipped jobs")
+        reasons = sorted(j["reason"] for j in status["recent_jobs"])
         assert any("(0008,0060) Modality" in r and "MR" in r for r in reasons), reasons
         assert any("slice" in r or "instance" in r for r in reasons), reasons
         assert archive.files() == []
@@ -195,8 +195,8 @@ def test_node_killed_mid_job_comes_back_and_still_delivers(tmp_path, phantom):
         node.start()
         wait_for(lambda: "left by an earlier run" in node.log(), 60, "the orphan to be stopped")
         wait_for(lambda: len(archive.files()) >= 2, 240, "SEG and SR at the archive", poll=0.5)
-        wait_for(lambda: node.status()["outbox"] == {"sent": 2}, 60, "outbox to drain")
-        assert node.status()["jobs"] == {"done": 1}
+        status = node.wait_status(lambda s: s["outbox"] == {"sent": 2}, 60, "outbox to drain")
+        assert status["jobs"] == {"done": 1}
         modalities = sorted(str(pydicom.dcmread(p).Modality) for p in archive.files())
         assert modalities in (["SEG", "SR"], ["SEG", "SEG", "SR", "SR"])
         uids = {str(pydicom.dcmread(p).SOPInstanceUID) for p in archive.files()}

@@ -90,20 +90,23 @@ class Site:
         assert sent.returncode == 0, sent.stderr
         return series.study_uid
 
-    def jobs(self) -> list[dict[str, Any]]:
-        return list(self.node.status(limit=200)["recent_jobs"])
-
-    def job_of(self, study_uid: str) -> dict[str, Any] | None:
-        series = {j["series_uid"]: j for j in self.jobs()}
+    def job_of(self, study_uid: str, status: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The study's job in ``status`` (default: the status command's output)."""
+        jobs = (status or self.node.status(limit=200))["recent_jobs"]
+        series = {j["series_uid"]: j for j in jobs}
         found = [j for j in series.values() if j.get("study_uid") == study_uid]
         return found[0] if found else None
 
     def ended(self, study_uid: str, timeout: float = 120) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            job = self.job_of(study_uid)
-            return job if job is not None and job["state"] in ENDED else None
+        def check(status: dict[str, Any]) -> bool:
+            job = self.job_of(study_uid, status)
+            return job is not None and job["state"] in ENDED
 
-        return wait_for(check, timeout, f"the job of study {study_uid} to end", poll=0.5)
+        status = self.node.wait_status(check, timeout, f"the job of study {study_uid} to end",
+                                       limit=200)  # fmt: skip
+        job = self.job_of(study_uid, status)
+        assert job is not None
+        return job
 
     def results(self, study_uid: str) -> dict[str, int]:
         return self.archive.result_counts(study_uid)
@@ -120,7 +123,7 @@ class Site:
         """The worker process running the study's job, from its claim in the work folder."""
 
         def claim() -> int | None:
-            job = self.job_of(study_uid)
+            job = self.job_of(study_uid, self.node.snapshot(limit=200))
             if job is None or job["state"] != "running":
                 return None
             folder = self.node.folder / "var/work" / str(job["id"]) / "claims"
@@ -140,7 +143,7 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, node_database: str) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("faults")
     phantom = make_chest_phantom((24, 192, 192), (5.0, 1.2, 1.2), body_scale=0.55, seed=3)
     redis = Redis(folder / "redis").start()
@@ -177,7 +180,7 @@ def no_leaks(site: Site) -> None:
 
 
 def all_ended(site: Site) -> None:
-    wait_for(lambda: set(site.node.status()["jobs"]) <= ENDED, 120, "every job to end", poll=0.5)
+    site.node.wait_status(lambda s: set(s["jobs"]) <= ENDED, 120, "every job to end")
     wait_for(lambda: site.work_folders() == [], 30, "no work folder left", poll=0.5)
 
 
@@ -278,7 +281,8 @@ def test_restarted_redis_with_jobs_queued_and_running_loses_nothing(site):
 
 def test_node_killed_with_jobs_queued_finishes_them_after_restart(site):
     studies = [site.push(f"SLOW node kill {n}") for n in range(2)]
-    wait_for(lambda: all(site.job_of(s) is not None for s in studies), 60, "jobs to exist")
+    site.node.wait_status(lambda status: all(site.job_of(s, status) is not None for s in studies),
+                          60, "jobs to exist", limit=200)  # fmt: skip
     assert site.node.proc is not None
     site.node.proc.kill()
     site.node.proc.wait()
@@ -295,8 +299,8 @@ def test_archive_stopped_during_sending_gets_the_results_when_back(site):
     site.archive.stop()
     try:
         assert site.ended(study, timeout=120)["state"] == "done"
-        wait_for(lambda: site.node.status()["outbox"].get("pending", 0) >= 2, 30,
-                 "results waiting in the outbox")  # fmt: skip
+        site.node.wait_status(lambda s: s["outbox"].get("pending", 0) >= 2, 30,
+                              "results waiting in the outbox")  # fmt: skip
     finally:
         site.archive.start()
     site.one_seg_and_sr(study, timeout=120)
@@ -331,11 +335,11 @@ def test_pipeline_that_hangs_is_stopped_at_its_time_limit_retried_then_failed(tm
         series = write_ct_series(tmp_path / "ct", hu, SeriesOptions(series_description="HANG"))
         assert storescu(node.port, series.paths).returncode == 0
 
-        def ended() -> dict[str, Any] | None:
-            jobs = node.status()["recent_jobs"]
-            return jobs[0] if jobs and jobs[0]["state"] in ENDED else None
+        def ended(status: dict[str, Any]) -> bool:
+            jobs = status["recent_jobs"]
+            return bool(jobs) and jobs[0]["state"] in ENDED
 
-        job = wait_for(ended, 120, "the hanging job to end", poll=0.5)
+        job = node.wait_status(ended, 120, "the hanging job to end")["recent_jobs"][0]
         assert (job["state"], job["attempts"]) == ("failed", 2)
         assert job["reason"] == (
             "gave up after 2 attempt(s): the job took longer than workers.task_time_limit_seconds"
@@ -376,13 +380,13 @@ def test_archive_answering_a_failure_status_is_retried_until_it_stores(tmp_path)
         series = write_ct_series(tmp_path / "ct", phantom.hu, options)
         assert storescu(node.port, series.paths).returncode == 0
 
-        def refused() -> bool:
-            waiting = node.status()["outbox_waiting"]
+        def refused(status: dict[str, Any]) -> bool:
+            waiting = status["outbox_waiting"]
             return len(waiting) == 2 and all("status 0xA700" in w["last_error"] for w in waiting)
 
-        wait_for(refused, 180, "the archive to refuse the results with 0xA700", poll=0.5)
+        node.wait_status(refused, 180, "the archive to refuse the results with 0xA700")
         archive.folder.mkdir()
-        wait_for(lambda: node.status()["outbox"] == {"sent": 2}, 60, "the results to be stored")
+        node.wait_status(lambda s: s["outbox"] == {"sent": 2}, 60, "the results to be stored")
         assert len(archive.files()) == 2
     finally:
         code = node.stop()

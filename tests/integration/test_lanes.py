@@ -56,16 +56,21 @@ class Lanes:
         assert storescu(self.node.port, series.paths).returncode == 0
         return series.study_uid
 
-    def jobs(self) -> dict[str, dict[str, Any]]:
-        return {j["study_uid"]: j for j in self.node.status(limit=100)["recent_jobs"]}
+    def jobs(self, status: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """Jobs by study in ``status`` (default: the status command's output)."""
+        jobs = (status or self.node.status(limit=100))["recent_jobs"]
+        return {j["study_uid"]: j for j in jobs}
 
-    def state_of(self, study_uid: str) -> str | None:
-        job = self.jobs().get(study_uid)
+    def state_of(self, study_uid: str, status: dict[str, Any] | None = None) -> str | None:
+        job = self.jobs(status).get(study_uid)
         return None if job is None else str(job["state"])
 
     def wait_state(self, study_uid: str, states: set[str], timeout: float = 90) -> None:
-        wait_for(lambda: self.state_of(study_uid) in states, timeout,
-                 f"study {study_uid}'s job to be {'/'.join(sorted(states))}", poll=0.2)  # fmt: skip
+        """Until the job is in one of ``states``, read in this process (``snapshot``):
+        a state may last less than a status command takes."""
+        wait_for(lambda: self.state_of(study_uid, self.node.snapshot(limit=100)) in states,
+                 timeout, f"study {study_uid}'s job to be {'/'.join(sorted(states))}",
+                 poll=0.2)  # fmt: skip
 
 
 @pytest.fixture
@@ -111,7 +116,8 @@ def test_urgent_study_overtakes_a_queued_backlog(lanes: Lanes):
         lanes.wait_state(study, {"queued"})
     stroke = lanes.push("STROKE protocol")  # sent last, behind the whole backlog in Redis
     lanes.wait_state(stroke, {"queued"})
-    wait_for(lambda: all(j["enqueued_at"] for j in lanes.jobs().values()), 30, "all enqueued")
+    lanes.node.wait_status(lambda s: all(j["enqueued_at"] for j in lanes.jobs(s).values()), 30,
+                           "all enqueued", limit=100)  # fmt: skip
     lanes.worker()  # one worker process, default device class, every lane
     for study in (*backlog, routine, first, stroke):
         lanes.wait_state(study, {"skipped"})

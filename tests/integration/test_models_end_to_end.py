@@ -71,7 +71,7 @@ def _follow_the_doc(folder: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, node_database: str) -> Iterator[Site]:
     if not brain_mr.available():
         pytest.fail(f"{brain_mr.T1} missing: scripts/install.sh test installs it")
     root = tmp_path_factory.mktemp("models-e2e")

@@ -138,7 +138,7 @@ def test_multiframe_chest_ct_sent_by_storescu_gets_seg_and_sr_in_the_archive(
             assert abs(found[name]["Volume"][0] - truth_ml) / truth_ml < 0.05, name
         [job] = node.status()["recent_jobs"]
         assert job["state"] == "done"
-        wait_for(lambda: node.status()["outbox"] == {"sent": 2}, 60, "outbox to drain")
+        node.wait_status(lambda s: s["outbox"] == {"sent": 2}, 60, "outbox to drain")
         log = node.log()
         assert all(value not in log for value in SENTINEL_PATIENT.values())
     finally:
@@ -161,8 +161,8 @@ def test_a_multiframe_series_that_cannot_form_a_volume_is_skipped_with_a_reason(
     node = NodeProcess(tmp_path / "node", shipped_config(archive.aet, archive.port)).start()
     try:
         assert storescu(node.port, files, extra=["-R"]).returncode == 0
-        wait_for(lambda: node.status()["jobs"].get("skipped") == 1, 240, "a skipped job")
-        [job] = node.status()["recent_jobs"]
+        status = node.wait_status(lambda s: s["jobs"].get("skipped") == 1, 240, "a skipped job")
+        [job] = status["recent_jobs"]
         assert "(0020,9113) PlanePositionSequence > (0020,0032) ImagePositionPatient is the " \
             "same for frame 7 and frame 8; duplicate slices" in job["reason"]  # fmt: skip
         assert archive.files() == []

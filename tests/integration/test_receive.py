@@ -14,7 +14,7 @@ from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
+def node(tmp_path_factory, node_database):
     folder = tmp_path_factory.mktemp("node")
     proc = NodeProcess(
         folder,

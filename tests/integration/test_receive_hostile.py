@@ -42,7 +42,7 @@ STUDY = "1.2.826.0.1.3680043.8.498.77"
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
+def node(tmp_path_factory, node_database):
     proc = NodeProcess(
         tmp_path_factory.mktemp("hostile"),
         {

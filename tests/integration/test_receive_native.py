@@ -27,7 +27,7 @@ MR = "1.2.840.10008.5.1.4.1.1.4"
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
+def node(tmp_path_factory, node_database):
     proc = NodeProcess(
         tmp_path_factory.mktemp("native"),
         {

@@ -16,7 +16,7 @@ from tests.support.peers import REPO, NodeProcess, Orthanc, storescu
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
+def node(tmp_path_factory, node_database):
     proc = NodeProcess(
         tmp_path_factory.mktemp("syntaxes"), {"storage": {"dir": "var"}, "rules": []}
     ).start()

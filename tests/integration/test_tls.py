@@ -21,7 +21,7 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory, pki):
+def node(tmp_path_factory, pki, node_database):
     tls_port = free_port()
     proc = NodeProcess(
         tmp_path_factory.mktemp("tls-node"),

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -368,9 +368,36 @@ class NodeProcess:
         return target if isinstance(target, Path) else None
 
     def status(self, limit: int = 20) -> dict[str, Any]:
+        """``dicom-node status --json``: what an operator sees. Assert on this."""
         result = self.cli("status", "--json", "--limit", str(limit))
         assert result.returncode == 0, result.stderr
         return dict(json.loads(result.stdout))
+
+    def snapshot(self, limit: int = 20) -> dict[str, Any]:
+        """The report ``status --json`` prints, made in this process by the same code:
+        for waiting on the node. Each ``status()`` is a Python start-up (~1.5 s of CPU),
+        too much to run every poll of a wait."""
+        from dicom_node.cli import status_report
+        from dicom_node.settings import load_settings
+
+        report = status_report(load_settings(self.config_path), limit)
+        return dict(json.loads(json.dumps(report)))
+
+    def wait_status(
+        self,
+        check: Callable[[dict[str, Any]], object],
+        timeout: float,
+        message: str,
+        limit: int = 20,
+        poll: float = 0.2,
+    ) -> dict[str, Any]:
+        """Wait until ``check`` holds for the node's status (``snapshot``), then return
+        ``status()``, the command's own output, which ``check`` must hold for too
+        (use it for states that last)."""
+        wait_for(lambda: check(self.snapshot(limit)), timeout, message, poll)
+        status = self.status(limit)
+        assert check(status), f"{message}: not in the status command's output: {status}"
+        return status
 
     def stop(self, timeout: float = 120) -> int:
         return stop_process(self.proc, timeout) if self.proc is not None else 0
