@@ -54,7 +54,9 @@ def config(
             "max_attempts": attempts,
             "task_time_limit_seconds": time_limit,  # a cold model load on a busy machine fits
         },
-        "send": {"initial_backoff_seconds": 1, "max_backoff_seconds": 2},
+        # Quick retries, and enough of them (~30 min) that an archive outage of a
+        # loaded test machine never runs out of attempts (dead-lettering has its test).
+        "send": {"initial_backoff_seconds": 1, "max_backoff_seconds": 2, "max_attempts": 1000},
         "destinations": {
             "archive": {"ae_title": archive_aet, "host": "127.0.0.1", "port": archive_port}
         },  # fmt: skip
@@ -360,7 +362,9 @@ def test_archive_answering_a_failure_status_is_retried_until_it_stores(tmp_path)
         node.config = {
             "node": {"stable_after_seconds": 1},
             "storage": {"dir": "var"},
-            "send": {"initial_backoff_seconds": 1, "max_backoff_seconds": 2},
+            # Quick retries, and enough of them (~30 min) that an archive outage of a
+            # loaded test machine never runs out of attempts (dead-lettering has its test).
+            "send": {"initial_backoff_seconds": 1, "max_backoff_seconds": 2, "max_attempts": 1000},
             "destinations": {
                 "archive": {"ae_title": archive.aet, "host": "127.0.0.1", "port": archive.port}
             },  # fmt: skip
