@@ -13,10 +13,13 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dicom_node import facts as header
 from dicom_node.state import Connection, Database, lock_number
+
+if TYPE_CHECKING:  # postgres imports this module (POSTGRES_FUNCTIONS)
+    from dicom_node.postgres import PostgresDatabase
 
 
 @dataclass(frozen=True)
@@ -209,13 +212,14 @@ class Index:
         round trips for the batch instead of about ten per instance: a receiver
         waits on each, and on a busy machine each waits for the server's process
         to be scheduled."""
-        keys = sorted({lock_number(f"instance {rec.sop_uid}") for rec, _ in items})
-        keys += sorted({lock_number(f"series {rec.series_uid}") for rec, _ in items})
-        with self.db.transaction(pipeline=True) as conn:
+        db = cast("PostgresDatabase", self.db)
+        with db.pipeline() as conn:
             if len(items) > 1:
                 # In one order for every batch, so two nodes' batches never wait on
                 # each other in a cycle; index_record takes its two again (a no-op).
                 # One instance: index_record takes them in that order itself.
+                keys = sorted({lock_number(f"instance {rec.sop_uid}") for rec, _ in items})
+                keys += sorted({lock_number(f"series {rec.series_uid}") for rec, _ in items})
                 conn.execute(
                     "SELECT pg_advisory_xact_lock(k) FROM unnest(?::bigint[])"
                     " WITH ORDINALITY AS t(k, n) ORDER BY n",
@@ -224,6 +228,7 @@ class Index:
             # By study too: the calls update their studies' rows in this order.
             order = sorted(range(len(items)), key=lambda i: items[i][0].study_uid)
             rows = [conn.execute(_CALL, self._arguments(items[i][0], now)) for i in order]
+            conn.flush()
             if ready is not None:
                 ready()  # while the server runs the calls (their locks held until COMMIT)
             fetched = [cursor.fetchone() for cursor in rows]  # the first round trip
