@@ -15,9 +15,11 @@ small chest CT studies (24 slices of 192x192) sent by ``storescu``.
   apart) for an urgent and a normal study on an idle worker, and for an urgent
   study sent behind a backlog of N normal ones.
 - database: the node's tables in SQLite and in PostgreSQL (a fresh database on
-  the machine's server): ingest rate of N×24 instances with no rules, and the
-  node-side overhead per job with N queued studies (``bench/overhead.py``'s
-  measure).
+  the machine's server): ingest rate of N×24 instances with no rules, with the
+  CPU time per instance of the node's processes and of the server processes
+  serving its database (which a shared machine's load does not inflate as
+  much as it does the rate), and the node-side overhead per job with N queued
+  studies (``bench/overhead.py``'s measure).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ import time
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import psutil
+import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -77,6 +82,7 @@ def config(archive: Storescp, redis: Redis, database: str | None = None) -> dict
 class Site:
     def __init__(self, tmp: Path, database: str | None = None, tree: Path = REPO) -> None:
         self.tmp = tmp
+        self.database = database
         self.redis = Redis(tmp / "redis").start()
         self.archive = Storescp(tmp / "archive").start()
         self.node = NodeProcess(tmp / "node", config(self.archive, self.redis, database),
@@ -121,6 +127,28 @@ class Site:
             files = 2 * n
             wait_for(lambda: len(self.archive.files()) >= files, 60, "the results", poll=0.05)
         return jobs
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the node's processes and, on PostgreSQL, by
+        the server's processes serving its database (a load-proof cost measure)."""
+        assert self.node.proc is not None
+        node = psutil.Process(self.node.proc.pid)
+        procs = [node, *node.children(recursive=True)]
+        if self.database is not None:
+            with psycopg.connect(postgres.SERVER, autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s",
+                    (self.database.rsplit("/", 1)[1],),
+                ).fetchall()
+            procs += [psutil.Process(pid) for (pid,) in rows if psutil.pid_exists(pid)]
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:  # a pooled connection closed meanwhile
+                pass
+        return total
 
     def stop(self) -> None:
         for proc in (*self.workers, self.node):
@@ -257,6 +285,7 @@ def ingest(studies: int, before: Path | None = None) -> None:
                 site.node.config["rules"] = []
                 site.start(0, 2)
             rates: dict[tuple[str, int], list[float]] = {}
+            cpu: dict[tuple[str, int], list[float]] = {}  # ms per instance
             names = list(sites)
             for round_ in range(ROUNDS):
                 for associations in (1, 4):
@@ -264,14 +293,21 @@ def ingest(studies: int, before: Path | None = None) -> None:
                     for key in names[shift:] + names[:shift]:
                         site = sites[key]
                         paths = [p for _ in range(studies) for p in site.series("ingest")]
+                        used = site.cpu_seconds()
                         seconds = push(site.node.port, paths, associations)
+                        used = site.cpu_seconds() - used
                         rates.setdefault((key, associations), []).append(len(paths) / seconds)
+                        cpu.setdefault((key, associations), []).append(used / len(paths) * 1000)
             for associations in (1, 4):
                 for label in trees:
                     report(rates, associations, f"sqlite{label}", f"postgresql{label}")
                 if before is not None:
                     for engine in ENGINES:
                         report(rates, associations, f"{engine} before", engine)
+                print(f"{associations} association(s), CPU ms per instance (node + its"
+                      " database's server processes), median of the rounds: "
+                      + ", ".join(f"{key} {statistics.median(cpu[(key, associations)]):.2f}"
+                                  for key in names))  # fmt: skip
             print(f"load after pushes: {os.getloadavg()[0]:.2f}")
         finally:
             for site in sites.values():

@@ -186,9 +186,11 @@ class Answer:
 
 class Pipeline:
     """One transaction on a pooled connection through libpq's pipeline mode
-    (``transaction(pipeline=True)``): BEGIN goes with the first statements, a
-    read sends what is queued and waits for the answers up to its own, COMMIT
-    goes with the one Sync and is answered when durable. Statements take ``?``
+    (``transaction(pipeline=True)``): the statements up to the pipeline's one
+    Sync are one transaction, the protocol's implicit one (no BEGIN or COMMIT
+    is sent: the server commits at the Sync, and answers it when durable). A
+    read sends what is queued and waits for the answers up to its own; a
+    statement's error rolls everything back at the Sync. Statements take ``?``
     placeholders and are prepared on the connection the first time it runs
     them; parameters are None, str, bool, int, float or a list of int.
 
@@ -207,8 +209,6 @@ class Pipeline:
 
     def begin(self) -> None:
         self._pg.enter_pipeline_mode()
-        self._pg.send_query_params(b"BEGIN", None)
-        self._queued.append(Answer(self))
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Answer:
         name, text = _prepared_name(statement)
@@ -234,9 +234,6 @@ class Pipeline:
         self._send()
 
     def commit(self) -> None:
-        self._pg.send_query_params(b"COMMIT", None)
-        commit = Answer(self)
-        self._queued.append(commit)
         self._pg.pipeline_sync()
         sync = Answer(self)
         self._queued.append(sync)
@@ -245,7 +242,7 @@ class Pipeline:
         self.read_to(sync)
         self._pg.exit_pipeline_mode()
         if self._pg.transaction_status != pq.TransactionStatus.IDLE:
-            raise psycopg.InterfaceError("the transaction is still open after COMMIT")
+            raise psycopg.InterfaceError("the transaction is still open after the Sync")
 
     def read_to(self, answer: Answer) -> None:
         """Read the answers of the statements sent up to ``answer``; raises the

@@ -32,6 +32,20 @@ def test_a_pipeline_sends_and_reads_back_each_kind_of_value(db):
     assert (row["s"], row["f"]) == ("1.2.3", 1733443200.123456)
 
 
+def test_a_pipelines_statements_are_one_transaction_committed_at_its_end(db):
+    with db.pipeline() as conn:
+        first = conn.execute("SELECT pg_current_xact_id()::text AS x")
+        conn.execute(
+            "INSERT INTO studies (study_uid, first_received, last_received) VALUES (?, 0, 0)",
+            ("1.2",),
+        )
+        assert (
+            first.fetchone()["x"] == conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+        )
+        assert db.query("SELECT COUNT(*) FROM studies")[0][0] == 0, "not committed yet"
+    assert db.query("SELECT COUNT(*) FROM studies")[0][0] == 1
+
+
 def test_a_failed_statement_raises_its_error_class_and_nothing_of_its_transaction_stays(db):
     insert = "INSERT INTO studies (study_uid, first_received, last_received) VALUES (?, 0, 0)"
     with pytest.raises(psycopg.errors.UniqueViolation), db.pipeline() as conn:
