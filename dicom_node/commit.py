@@ -1,23 +1,26 @@
 """Group commit of received instances.
 
-Every instance answered Success costs an fsync of its file, an fsync of its
-series folder after the move, and a commit of the index (an fsync of its
-journal). The first is done by each association's thread on its own, in
-parallel; the other two are serial (the index has one writer at a time). Here
-the association threads that arrive while a commit runs wait, and the next
-commit takes them all: one transaction, one fsync per folder, one index commit
-for the lot. Nobody is answered before their instance's commit is durable.
+Every instance answered Success costs one fsync: its file's, with its seal
+(``spool.seal``), run by each association's thread on its own, in parallel.
+Its move into the spool and its index row follow without further fsyncs (on
+SQLite the commit does not wait for the disk; on PostgreSQL it is durable by
+the server's settings, because the server can fail on its own while the node
+runs): a crash after the seal leaves the instance sealed in ``incoming`` or
+unindexed in the spool, and ``reconcile_spool`` files it at the next start.
+The index has one writer at a time, so the association threads that arrive
+while a commit runs wait, and the next commit takes them all: one transaction,
+one commit for the lot. Nobody is answered before their instance is sealed and
+its row committed.
 
 The first waiting thread runs the commit itself (no extra thread): with one
 association the batch is always one instance.
 
-A thread queues its instance before it fsyncs the file, so the index work
+A thread queues its instance before it seals the file, so the index work
 overlaps that fsync: on PostgreSQL the batch's calls (its locks, the rows) go
-to the server first, the files are synced meanwhile (each thread its own, the
+to the server first, the files are sealed meanwhile (each thread its own, the
 committing thread waits for all of the batch), and only then are they moved
-into the spool, their folders fsynced and the transaction committed. Nothing
-is moved before its file is synced, nothing committed before its move is
-durable: the crash windows are those of the serial order.
+into the spool and the transaction committed. Nothing is moved before its file
+is sealed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from functools import partial
 from pathlib import Path
 
 from dicom_node.index import Index, InstanceRecord
-from dicom_node.spool import Spool, fsync_dir
+from dicom_node.spool import Spool, seal
 
 
 @dataclass
@@ -54,12 +57,12 @@ class GroupCommit:
         self._busy = False
 
     def record(
-        self, record: InstanceRecord, received: Path, sync: Callable[[Path], None] = Spool.sync
+        self, record: InstanceRecord, received: Path, sync: Callable[[Path], None] = seal
     ) -> bool:
-        """Sync ``received`` (``sync``: its fsync), place it at ``record.path`` and
-        index it; True for a new instance, False for a duplicate. Raises what the
-        sync, the move or the index raised (the whole batch then failed, and
-        nothing of it counts)."""
+        """Seal ``received`` (``sync``: ``spool.seal`` with its origin), place it at
+        ``record.path`` and index it; True for a new instance, False for a
+        duplicate. Raises what the seal, the move or the index raised (the whole
+        batch then failed, and nothing of it counts)."""
         item = _Pending(record, received)
         with self._cond:
             self._queue.append(item)
@@ -108,21 +111,15 @@ class GroupCommit:
                 raise item.sync_error
 
     def _commit(self, batch: list[_Pending], mine: _Pending, sync: Callable[[Path], None]) -> None:
-        folders: set[Path] = set()
-
         def place(item: _Pending) -> None:
-            folders.add(self.spool.place(item.received, item.record.path, sync_folder=False))
-
-        def sync_folders() -> None:
-            for folder in sorted(folders):
-                fsync_dir(folder)
+            self.spool.place(item.received, item.record.path)
 
         try:
             results = self.index.record_batch(
                 [(item.record, partial(place, item)) for item in batch],
                 remove=self.spool.remove,
-                before_commit=sync_folders,
                 ready=partial(self._wait_synced, batch, mine, sync),
+                durable=False,
             )
             for item, (new, _) in zip(batch, results, strict=True):
                 item.new = new

@@ -104,8 +104,8 @@ class Index:
         transaction, and so does ``remove`` of an older copy of the instance filed
         under another series: a purge, which holds the same lock while it deletes
         files and rows, never runs between a file's move and its row. A crash
-        after the move and before the commit leaves a file without a row, which
-        ``unindexed`` finds at the next start (it was never answered Success).
+        after the move and before the commit leaves a sealed file without a row,
+        which ``reconcile_spool`` files at the next start.
 
         Two nodes storing one instance take turns on a lock of the instance, and
         writers of one series' counts and facts (and a purge of it) on a lock of
@@ -123,6 +123,7 @@ class Index:
         remove: Callable[[str], None] | None = None,
         before_commit: Callable[[], None] | None = None,
         ready: Callable[[], None] | None = None,
+        durable: bool = True,
     ) -> list[tuple[bool, str | None]]:
         """``record`` for several instances in one write transaction (a group
         commit: one commit, and so one fsync of the index, for all of them), in
@@ -130,13 +131,15 @@ class Index:
         ``ready`` runs before any ``place`` (the received files' fsyncs): on
         PostgreSQL once the batch's calls are on their way, so the server works
         while the files are synced; on SQLite before the transaction begins.
-        Any exception rolls back all of them."""
+        ``durable=False``: on SQLite, the commit does not wait for the disk (for
+        instances the spool can give back, see ``commit``). Any exception rolls
+        back all of them."""
         now = time.time() if now is None else now
         if self.db.dialect == "postgresql":
             return self._record_in_server(items, now, remove, before_commit, ready)
         if ready is not None:
             ready()
-        with self.db.transaction() as conn:
+        with self.db.transaction(durable=durable) as conn:
             # Two nodes storing one instance, or one series' facts, take turns; the
             # locks are taken in one order (instances, then series) so batches of
             # two processes never wait on each other in a cycle.
@@ -469,10 +472,11 @@ class Index:
     def forget_series(
         self,
         series_uid: str,
-        remove: Callable[[str], None] | None = None,
+        remove: Callable[[list[str]], None] | None = None,
         received_before: float | None = None,
     ) -> int:
-        """Delete a series' rows (and, with ``remove``, its files) in one transaction;
+        """Delete a series' rows (and, with ``remove``, its files: ``Spool.remove_all``,
+        durable before the rows go) in one transaction;
         returns how many instances. With ``received_before``, nothing happens unless
         the series is still purgeable then (no instance came since, no job pending):
         an instance that arrives while a series is purged is never removed with it."""
@@ -500,8 +504,7 @@ class Index:
                 ).fetchall()
             ]
             if remove is not None:
-                for path in paths:
-                    remove(path)
+                remove(paths)
             conn.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
             conn.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
             if row is not None:
@@ -516,6 +519,11 @@ class Index:
         """Those of ``paths`` (spool files) that no instance row names."""
         known = {r["path"] for r in self.db.query("SELECT path FROM instances")}
         return [p for p in paths if p not in known]
+
+    def path_of(self, sop_uid: str) -> str | None:
+        """Where the index files an instance, or None."""
+        rows = self.db.query("SELECT path FROM instances WHERE sop_uid = ?", (sop_uid,))
+        return str(rows[0]["path"]) if rows else None
 
 
 # ``Index.record``'s statements as one PostgreSQL function (schema version 6),

@@ -206,9 +206,11 @@ class Node:
         self.tls_server: Server | None = None
 
     def start(self) -> tuple[str, int]:
-        # No other node receives and this one does not yet: every unindexed file is an orphan.
+        # No other node receives and this one does not yet: every unindexed file is left
+        # by a crash.
         alone = self.presence.alone()
-        reconcile_spool(self.spool, self.index, min_age=0.0 if alone else ORPHAN_AGE)
+        reconcile_spool(self.spool, self.index, min_age=0.0 if alone else ORPHAN_AGE,
+                        max_inflated=self.receiver.max_inflated)  # fmt: skip
         self.presence.arrive()
         try:
             servers = start_servers(self.settings.node, self.receiver)  # fails first, if at all
@@ -272,7 +274,8 @@ class Node:
                 if time.time() - last_purge > 600:
                     last_purge = time.time()
                     purge_sources(self.index, self.spool, self.settings.storage, last_purge)
-                    reconcile_spool(self.spool, self.index, last_purge)
+                    reconcile_spool(self.spool, self.index, last_purge,
+                                    max_inflated=self.receiver.max_inflated)  # fmt: skip
             except Exception as exc:  # boundary: the dispatcher thread must not die
                 where = "".join(traceback.format_tb(exc.__traceback__)[-3:])
                 logger.error("dispatcher round failed (%s); will try again, at\n%s",

@@ -339,7 +339,8 @@ class PostgresDatabase:
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
     @contextmanager
-    def transaction(self, pipeline: bool = False) -> Iterator[Connection]:
+    def transaction(self, pipeline: bool = False, durable: bool = True) -> Iterator[Connection]:
+        """``durable`` is ignored: commits are durable by the server's settings."""
         if pipeline:
             with self.pipeline() as pipe:
                 yield pipe

@@ -1,10 +1,10 @@
 """Whether another node receives into the same tables right now.
 
-At start a node removes the spool files that no index row names: a crash left
-them between "moved into the spool" and "committed", so they were never
-answered Success and their sender sends them again. A file another node is
-moving and committing at this very moment looks the same, so a node may treat
-every unindexed file as an orphan only while no other node receives.
+At start a node files (or, unsealed, removes) the spool files that no index
+row names: a crash left them between "moved into the spool" and "committed"
+(``scp.reconcile_spool``). A file another node is moving and committing at this
+very moment looks the same, so a node may treat every unindexed file as left by
+a crash only while no other node receives.
 
 Every receiving node, and each of its extra receiving processes
 (``receive.processes``), holds a shared lock for as long as it runs. A starting

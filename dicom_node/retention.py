@@ -28,7 +28,7 @@ def purge_sources(index: Index, spool: Spool, settings: StorageSettings, now: fl
     for series_uid in index.purgeable_series(cutoff):
         # Checked again inside the purge's transaction: a series that received an
         # instance (or got a job) since it was picked is left alone, whole.
-        if index.forget_series(series_uid, spool.remove, received_before=cutoff):
+        if index.forget_series(series_uid, spool.remove_all, received_before=cutoff):
             purged += 1
     if purged:
         logger.info("retention: purged %d series", purged)
@@ -37,4 +37,4 @@ def purge_sources(index: Index, spool: Spool, settings: StorageSettings, now: fl
 
 def purge_series(index: Index, spool: Spool, series_uid: str) -> int:
     """Delete one series' received files and index rows now; returns how many files."""
-    return index.forget_series(series_uid, spool.remove)
+    return index.forget_series(series_uid, spool.remove_all)

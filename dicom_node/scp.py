@@ -9,8 +9,9 @@ Each data set is received straight to a file in ``storage.dir/incoming/<pid>``
 (the native engine's streaming, or pynetdicom's chunked receive), never held
 whole in memory. Its header is read
 from that file (``dicom_node.header``: UIDs, routing keys, structure checks;
-pixels are never decoded); the file is fsync'ed, renamed into the spool and
-indexed in one index transaction, and only then answered Success (0x0000).
+pixels are never decoded); the file is sealed and fsync'ed (``spool.seal``: the
+one fsync that keeps it), renamed into the spool and indexed, and only then
+answered Success (0x0000).
 The data set is stored exactly as sent, in the transfer syntax it came in.
 
 Every failure becomes a DICOM status with an ErrorComment naming the attribute
@@ -52,17 +53,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node.commit import GroupCommit
-from dicom_node.facts import instance_facts
-from dicom_node.header import BadInstance, read_header
+from dicom_node.facts import InstanceFacts, instance_facts
+from dicom_node.header import BadInstance, InstanceHeader, read_header
 from dicom_node.index import Index, InstanceRecord
 from dicom_node.peers import LOCAL_LIMIT_EXCEEDED, Rejection, Slot, Slots, admit
 from dicom_node.settings import NodeSettings, ReceiveSettings
-from dicom_node.spool import Spool
+from dicom_node.spool import Spool, UnsafeUid, seal, sealed
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +101,15 @@ class Origin:
         """The ``extra`` of a log line about this peer (AE and address only)."""
         return {"peer": f"{self.calling_ae}@{self.address}:{self.port}"}
 
+    def sealed(self) -> str:
+        """The text ``spool.seal`` keeps in a received file (``from_seal`` reads it)."""
+        return f"{self.calling_ae}\t{self.called_ae}\t{self.address}"
+
+    @classmethod
+    def from_seal(cls, text: str) -> Origin:
+        calling, called, address = (text.split("\t") + ["", "", ""])[:3]
+        return cls(calling, called, address)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -132,6 +144,26 @@ class _Discard:
 
     def close(self) -> None:
         pass
+
+
+def instance_record(
+    spool: Spool, header: InstanceHeader, facts: InstanceFacts, size: int
+) -> InstanceRecord:
+    """The index row of a received instance, filed where the spool keeps it."""
+    return InstanceRecord(
+        study_uid=header.study_uid,
+        series_uid=header.series_uid,
+        sop_uid=header.sop_uid,
+        sop_class_uid=header.sop_class_uid,
+        path=spool.instance_relpath(header.study_uid, header.series_uid, header.sop_uid),
+        size=size,
+        modality=header.keys["Modality"],
+        body_part=header.keys["BodyPartExamined"],
+        description=header.keys["SeriesDescription"],
+        protocol_name=header.keys["ProtocolName"],
+        manufacturer=header.keys["Manufacturer"],
+        facts=facts,
+    )
 
 
 class Receiver:
@@ -300,23 +332,10 @@ class Receiver:
         if self.spool.free_bytes() < self.min_free_bytes:
             logger.error("spool disk is full; refusing instances (storage.min_free_mb)")
             return Outcome(0xA700, "out of resources: node storage is full")
-        rel = self.spool.instance_relpath(header.study_uid, header.series_uid, header.sop_uid)
-        record = InstanceRecord(
-            study_uid=header.study_uid,
-            series_uid=header.series_uid,
-            sop_uid=header.sop_uid,
-            sop_class_uid=header.sop_class_uid,
-            path=rel,
-            size=path.stat().st_size,
-            modality=header.keys["Modality"],
-            body_part=header.keys["BodyPartExamined"],
-            description=header.keys["SeriesDescription"],
-            protocol_name=header.keys["ProtocolName"],
-            manufacturer=header.keys["Manufacturer"],
-            facts=facts,
-        )
+        record = instance_record(self.spool, header, facts, path.stat().st_size)
+        sync = partial(seal, origin=origin.sealed(), named=self.spool.from_blank(path))
         try:
-            new = self.commits.record(record, path)  # fsync, place, index
+            new = self.commits.record(record, path, sync)  # seal, place, index
         except OSError as exc:
             logger.error("could not write an instance to the spool: %s", exc.strerror)
             return Outcome(0xA700, "out of resources: could not write to storage")
@@ -575,27 +594,84 @@ def _alive(pid: int) -> bool:
 
 
 ORPHAN_AGE = 600.0  # seconds; far longer than any move-and-commit transaction
+_MAX_INFLATED = int(ReceiveSettings().max_inflated_mb * 2**20)
 
 
 def reconcile_spool(
-    spool: Spool, index: Index, now: float | None = None, min_age: float = ORPHAN_AGE
+    spool: Spool,
+    index: Index,
+    now: float | None = None,
+    min_age: float = ORPHAN_AGE,
+    max_inflated: int = _MAX_INFLATED,
 ) -> None:
-    """At start, and then every retention round: remove what a crash left behind.
-    Data sets cut off mid-way in ``incoming`` of this host's processes that are gone,
-    and spool files with no index row (moved in, then the process died before the
-    commit: never answered Success, so the sender sends them again). Only files older
-    than ``min_age`` count as orphans: another receiving process, or another node
-    sharing the storage, may be between its move and its commit right now (0 is safe
-    only before any receiving process of a node alone on its index has started)."""
+    """At start, and then every retention round: file what a crash left sealed
+    (``spool.seal``: such an instance may have been answered Success), remove
+    what it left unfinished.
+
+    - In ``incoming`` of this host's receiving processes that are gone: a sealed
+      file is filed as if just received (moved into the spool, indexed durably),
+      unless a newer copy of its instance is filed; every other file (a data set
+      cut off mid-way or refused, an unused blank) is removed.
+    - In the spool: a file that no index row names (its commit was lost) is
+      indexed when sealed and no newer copy is filed; otherwise removed.
+
+    Only spool files older than ``min_age`` count: another receiving process, or
+    another node sharing the storage, may be between its move and its commit
+    right now (0 is safe only before any receiving process of a node alone on
+    its index has started)."""
     now = time.time() if now is None else now
+    filed = 0
+    for path in spool.left_incoming(_alive):
+        if path.stat().st_size and _file_sealed(spool, index, path, max_inflated, None):
+            filed += 1
     partial = spool.sweep_incoming(_alive)
-    orphans = index.unindexed(spool.instance_files(older_than=now - min_age))
-    for rel in orphans:
-        spool.remove(rel)
-    if partial or orphans:
+    dropped = 0
+    for rel in index.unindexed(spool.instance_files(older_than=now - min_age)):
+        if _file_sealed(spool, index, spool.resolve(rel), max_inflated, rel):
+            filed += 1
+        else:
+            spool.remove(rel)
+            dropped += 1
+    if filed:
+        logger.warning("filed %d sealed instance(s) an earlier run had not filed", filed)
+    if partial or dropped:
         logger.warning(
             "removed what an earlier run left unfinished: %d partial data set(s),"
-            " %d unindexed spool file(s)",
+            " %d unfiled spool file(s)",
             partial,
-            len(orphans),
+            dropped,
         )
+
+
+def _file_sealed(
+    spool: Spool, index: Index, path: Path, max_inflated: int, in_spool: str | None
+) -> bool:
+    """Index a sealed file left by a crash (``in_spool``: where it lies in the
+    spool; None: in ``incoming``, to be moved); False when it is not whole, not
+    a readable instance, or a newer copy of its instance is filed."""
+    text = sealed(path)
+    if text is None:
+        return False
+    origin = Origin.from_seal(text)
+    try:
+        syntax = str(read_file_meta_info(path).TransferSyntaxUID)
+        header, ds = read_header(path, syntax, max_inflated)
+        facts = instance_facts(ds, origin.context())
+        record = instance_record(spool, header, facts, path.stat().st_size)
+    except (BadInstance, UnsafeUid, InvalidDicomError, AttributeError, ValueError, OSError):
+        return False
+    if in_spool is not None and record.path != in_spool:
+        return False  # not where its UIDs file it: no file this node placed
+    mtime = path.stat().st_mtime_ns
+    for rel in {record.path, index.path_of(record.sop_uid)} - {None, in_spool}:
+        try:
+            if spool.resolve(str(rel)).stat().st_mtime_ns >= mtime:
+                return False  # a copy received later is filed
+        except FileNotFoundError:
+            continue
+
+    def place() -> None:
+        spool.place(path, record.path)
+
+    index.record(record, time.time(), None if in_spool is not None else place, spool.remove)
+    return True

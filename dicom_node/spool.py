@@ -3,29 +3,46 @@
     <storage.dir>/
       node.sqlite                      index, job table, outbox (see ``state``)
       spool/<study>/<series>/<sop>.dcm received instances
-      incoming/<pid>/                  data sets still arriving, one folder per
-                                       receiving process (see ``Spool.incoming``)
+      incoming/<host>.<pid>/           data sets arriving, one folder per receiving
+                                       process (see ``Spool.incoming``, ``Blanks``)
       work/<job id>/                   a job's mailbox with its worker (``JobFolder``)
       outbox/<job id>/<name>.dcm       results waiting for their destinations (``OutboxEntry``)
       broker/                          the embedded broker's message folders
 
 Paths are built only from validated UIDs (digits and dots, at most 64
 characters), never from a raw attribute value, so nothing is written outside
-the spool whatever a peer sends. Every write is atomic (temporary file, fsync,
-rename, fsync of the folder): a file either is complete on disk or is not
-there.
+the spool whatever a peer sends. Results and job files are written atomically
+(temporary file, fsync, rename, fsync of the folder): a file either is complete
+on disk or is not there.
+
+A received instance costs one fsync before it is answered Success: it arrives
+in a file made empty beforehand (``Blanks``: names made durable 32 at a time),
+and ``seal`` writes into its preamble the file's length, a checksum of its
+bytes and who sent it, then fsyncs it. From then on the instance is kept
+whatever happens: it is renamed into the spool and indexed without further
+fsyncs, and after a crash (even a power cut that undoes the rename or the
+index commit) ``reconcile_spool`` finds it, whole by its seal, in ``incoming``
+or unindexed in ``spool``, and files it. A file whose seal is missing or does
+not match its bytes was never answered Success and is removed. Removals of
+received instances are durable (the folder is fsynced), so that a purged file
+never comes back to be filed again.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import re
 import shutil
 import socket
+import struct
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 from dicom_node.errors import BadReport
 from dicom_node.jobspec import JobOutcome, WorkReport
@@ -83,6 +100,7 @@ class Spool:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._blanks: Blanks | None = None
 
     def create(self) -> None:
         for sub in ("spool", "work", "outbox", "broker", "incoming"):
@@ -120,32 +138,61 @@ class Spool:
         return path
 
     def sweep_incoming(self, alive: Callable[[int], bool]) -> int:
-        """Remove what receiving processes of this host that are gone left behind (a
-        crash mid-data-set); returns how many files. Other hosts' folders are theirs."""
+        """Remove the incoming folders of this host's receiving processes that are
+        gone (what ``left_incoming`` listed and was not filed); returns how many
+        non-empty files went with them. Other hosts' folders are theirs."""
         removed = 0
-        for folder in (self.root / "incoming").glob(f"{_host()}.*"):
-            pid = folder.name.rpartition(".")[2]
-            if not pid.isdigit() or alive(int(pid)):
-                continue
-            removed += sum(1 for p in folder.iterdir() if p.is_file())
+        for folder in self._dead_incoming(alive):
+            removed += sum(1 for p in folder.iterdir() if p.is_file() and p.stat().st_size)
             shutil.rmtree(folder, ignore_errors=True)
         return removed
 
-    @staticmethod
-    def sync(received: Path) -> None:
-        """fsync a received file's data before it is placed."""
-        fd = os.open(received, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _dead_incoming(self, alive: Callable[[int], bool]) -> list[Path]:
+        folders = []
+        for folder in (self.root / "incoming").glob(f"{_host()}.*"):
+            pid = folder.name.rpartition(".")[2]
+            if pid.isdigit() and not alive(int(pid)) and folder.is_dir():
+                folders.append(folder)
+        return folders
 
-    def place(self, received: Path, relpath: str, sync_folder: bool = True) -> Path:
-        """Move a fully received, ``sync``ed file (in ``incoming``) to ``relpath``
-        durably: rename it over any older copy, fsync the folder (unless
-        ``sync_folder`` is False: then the caller fsyncs the returned folder
-        before it counts on the move). Another process renaming the same instance
-        at the same time leaves one whole file."""
+    def blank(self) -> Path:
+        """An empty file in this process's incoming folder whose name is already
+        durable (``Blanks``), to receive a data set into."""
+        return self._pool().take()
+
+    def prepare_blanks(self) -> None:
+        """Make this process's first blanks now (at its server's start), not while
+        its first data set arrives."""
+        self._pool().fill()
+
+    def _pool(self) -> Blanks:
+        pid = os.getpid()
+        with _blanks_lock:
+            blanks = self._blanks
+            if blanks is None or blanks.pid != pid:  # none yet, or a forked process
+                blanks = self._blanks = Blanks(self.incoming(pid))
+            return blanks
+
+    def from_blank(self, path: Path) -> bool:
+        """Whether ``path`` was handed out by ``blank`` in this process (its name
+        needs no folder fsync)."""
+        blanks = self._blanks
+        return blanks is not None and blanks.made(path)
+
+    def left_incoming(self, alive: Callable[[int], bool]) -> list[Path]:
+        """The files receiving processes of this host that are gone left in their
+        incoming folders (sealed instances, data sets cut off, blanks), oldest first."""
+        files: list[Path] = []
+        for folder in self._dead_incoming(alive):
+            files.extend(p for p in folder.iterdir() if p.is_file())
+        return sorted(files, key=lambda p: p.stat().st_mtime_ns)
+
+    def place(self, received: Path, relpath: str) -> Path:
+        """Move a received, ``seal``ed file (in ``incoming``) to ``relpath``: rename
+        it over any older copy; returns its folder. Not fsynced: until the rename
+        is on disk, a crash leaves the sealed file in ``incoming``, where
+        ``reconcile_spool`` finds it. Another process renaming the same instance at
+        the same time leaves one whole file."""
         if not relpath.startswith("spool/"):
             raise UnsafeUid(f"path {relpath!r} is not a received instance")
         target = self.root / relpath
@@ -155,10 +202,7 @@ class Spool:
             if not received.exists():
                 raise
             target.parent.mkdir(parents=True, exist_ok=True)
-            fsync_dir(target.parent.parent)
             os.replace(received, target)
-        if sync_folder:
-            fsync_dir(target.parent)
         return target.parent
 
     def instance_files(self, older_than: float | None = None) -> Iterator[str]:
@@ -189,16 +233,30 @@ class Spool:
         return path
 
     def remove(self, relpath: str) -> None:
-        """Remove a received instance and its series/study folders once empty."""
-        if not relpath.startswith("spool/"):
-            raise UnsafeUid(f"path {relpath!r} is not a received instance")
-        path = self.resolve(relpath)
-        path.unlink(missing_ok=True)
-        for parent in (path.parent, path.parent.parent):
+        """Remove a received instance durably (see ``remove_all``)."""
+        self.remove_all([relpath])
+
+    def remove_all(self, relpaths: list[str]) -> None:
+        """Remove received instances, fsync each folder they were in (so none comes
+        back after a power cut, to be filed again by ``reconcile_spool``), then
+        remove their series and study folders once empty."""
+        folders: set[Path] = set()
+        for relpath in relpaths:
+            if not relpath.startswith("spool/"):
+                raise UnsafeUid(f"path {relpath!r} is not a received instance")
+            path = self.resolve(relpath)
+            path.unlink(missing_ok=True)
+            folders.add(path.parent)
+        for folder in sorted(folders):
             try:
-                parent.rmdir()  # only when empty
-            except OSError:
-                break
+                fsync_dir(folder)
+            except FileNotFoundError:
+                continue
+            for parent in (folder, folder.parent):
+                try:
+                    parent.rmdir()  # only when empty
+                except OSError:
+                    break
 
     # -- jobs and results --------------------------------------------------
     def job_folder(self, job_id: int) -> JobFolder:
@@ -222,6 +280,110 @@ class Spool:
         if match is None:
             raise UnsafeUid(f"outbox path {relpath!r} is not outbox/<job>/<file>")
         return self.outbox_entry(int(match.group(1)), match.group(2))
+
+
+_blanks_lock = threading.Lock()
+
+
+class Blanks:
+    """Empty files made ahead in one process's incoming folder, ``BATCH`` at a time
+    with one fsync of the folder for all of them: a data set received into one
+    is kept by its own fsync alone (``seal``), its name being durable already."""
+
+    BATCH = 32
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.pid = os.getpid()
+        self._token = f"{uuid.uuid4().hex[:8]}.b"  # this process run's names
+        self._names = itertools.count()
+        self._free: list[Path] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Path:
+        with self._lock:
+            if not self._free:
+                self._make()
+            return self._free.pop()
+
+    def fill(self) -> None:
+        with self._lock:
+            if not self._free:
+                self._make()
+
+    def _make(self) -> None:
+        made = []
+        for _ in range(self.BATCH):
+            path = self.folder / f"{self._token}{next(self._names)}.dcm"
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            made.append(path)
+        fsync_dir(self.folder)
+        made.reverse()
+        self._free = made
+
+    def made(self, path: Path) -> bool:
+        return path.parent == self.folder and path.name.startswith(self._token)
+
+
+# The seal, in the 128-byte preamble of a received file (PS3.10 leaves the
+# preamble to the application): magic, the file's length, the wrapping sum of
+# its bytes after the preamble as little-endian 64-bit words (the last one
+# padded with zeros), and who sent it (ASCII, NUL-padded).
+SEAL_MAGIC = b"DICOM-NODE-SEAL1"
+_SEAL = struct.Struct("<16sQQ96s")
+PREAMBLE = 128
+
+
+def _checksum(fd: int, size: int) -> int:
+    length = size - PREAMBLE
+    buffer = bytearray(-(-length // 8) * 8)
+    view = memoryview(buffer)
+    done = 0
+    while done < length:
+        n = os.preadv(fd, [view[done:length]], PREAMBLE + done)
+        if n == 0:
+            raise OSError(errno.EIO, "a received file shrank while it was sealed")
+        done += n
+    return int(np.frombuffer(buffer, "<u8").sum(dtype=np.uint64))
+
+
+def seal(path: Path, origin: str = "", named: bool = False) -> None:
+    """Make a received file (preamble, ``DICM``, File Meta, data set) durable and
+    whole by its seal: write the seal into its preamble, fsync the file, and its
+    folder too unless its name is durable already (``named``: from ``Blanks``).
+    ``origin``: who sent it, for ``sealed`` to give back (at most 96 ASCII bytes)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size < PREAMBLE + 4 or os.pread(fd, 4, PREAMBLE) != b"DICM":
+            raise OSError(errno.EINVAL, "a received file has no DICOM preamble to seal")
+        who = origin.encode("ascii", "replace")[:96]
+        os.pwrite(fd, _SEAL.pack(SEAL_MAGIC, size, _checksum(fd, size), who), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not named:
+        fsync_dir(path.parent)
+
+
+def sealed(path: Path) -> str | None:
+    """The origin a whole, sealed file was sealed with; None when the file has no
+    seal or its bytes do not match it (cut off, or not all of it reached the disk)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, _SEAL.size, 0)
+        if size < PREAMBLE + 4 or len(head) < _SEAL.size:
+            return None
+        magic, length, total, who = _SEAL.unpack(head)
+        if magic != SEAL_MAGIC or length != size or _checksum(fd, size) != total:
+            return None
+        return who.rstrip(b"\0").decode("ascii", "replace")
+    finally:
+        os.close(fd)
 
 
 def _host() -> str:

@@ -18,9 +18,14 @@ differences behind one small interface:
 - ``transient_errors``: what a caller may retry at its next round.
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a committed row survives a
-power cut, and readers never block the SCP. PostgreSQL commits are durable by
-the server's own settings. The schema version lives in the ``schema_version``
-table on both; a database newer than this code is refused, never written.
+power cut, and readers never block the SCP. ``transaction(durable=False)`` on
+SQLite commits without waiting for the disk (``synchronous=NORMAL`` for that
+commit: a power cut may undo it and later such commits, never an earlier or a
+durable one, and never corrupts); the receiving side uses it because the spool
+can give back what it would lose (``commit``). PostgreSQL commits are durable
+by the server's own settings, always: its server can fail while the node runs.
+The schema version lives in the ``schema_version`` table on both; a database
+newer than this code is refused, never written.
 """
 
 from __future__ import annotations
@@ -172,7 +177,9 @@ class Database(Protocol):
     url: str
     dialect: str  # "sqlite" or "postgresql", for the few statements that differ
 
-    def transaction(self, pipeline: bool = False) -> AbstractContextManager[Connection]: ...
+    def transaction(
+        self, pipeline: bool = False, durable: bool = True
+    ) -> AbstractContextManager[Connection]: ...
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]: ...
     def lock(self, conn: Connection, key: str) -> None: ...
     def close(self) -> None: ...
@@ -251,17 +258,20 @@ class SqliteDatabase:
         return conn
 
     @contextmanager
-    def transaction(self, pipeline: bool = False) -> Iterator[Connection]:
+    def transaction(self, pipeline: bool = False, durable: bool = True) -> Iterator[Connection]:
         """A write transaction; writers queue on one lock instead of spinning on
         SQLITE_BUSY: a thread lock within the process and an ``flock`` on
         ``<database>.lock`` between processes (several receiving processes share
         one index), which wakes the next writer at once where SQLite's busy
-        handler would sleep. ``pipeline`` changes nothing in process."""
+        handler would sleep. ``pipeline`` changes nothing in process;
+        ``durable=False``: the commit does not wait for the disk."""
         conn = self.connection()
         with self._write_lock:
             if self._lock_fd is None:
                 self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            if not durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -271,6 +281,8 @@ class SqliteDatabase:
                     raise
                 conn.execute("COMMIT")
             finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def lock(self, conn: Connection, key: str) -> None:

@@ -2,7 +2,8 @@
 C-ECHO and C-STORE until the requestor releases or aborts.
 
 A data set goes straight from the socket to a file in this process's incoming
-folder: the File Meta Information first (``meta``), then each data fragment as
+folder (an empty one made ahead, ``spool.Blanks``, so that keeping it costs one
+fsync): the File Meta Information first (``meta``), then each data fragment as
 it arrives (``recv_into`` a reused buffer, ``os.write`` of its slices). The
 storing itself (header checks, fsync, place, index, status) is the engine-
 neutral ``scp.Receiver``; this module only speaks the protocol.
@@ -25,12 +26,10 @@ the association slot always released.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,10 +52,6 @@ logger = logging.getLogger(__name__)
 CHUNK = 1 << 20  # the reused receive buffer
 MAX_COMMAND = 1 << 16  # a command set is a few hundred bytes
 MAX_ASSOCIATE_RQ = (1 << 20) + (1 << 16)  # every SOP class, every syntax: ~200 KiB
-# File names in this process's incoming folder: a counter, behind a token of this
-# process run (a folder left by an earlier process with the same pid never collides).
-_names = itertools.count()
-_run = uuid.uuid4().hex[:8]
 
 # A-ASSOCIATE-RJ (result, source, reason), PS3.8 table 9-21
 APPLICATION_CONTEXT_NOT_SUPPORTED = (0x01, 0x01, 0x02)
@@ -69,7 +64,7 @@ class AcceptorConfig:
     syntax we accept to the transfer syntaxes we take for it."""
 
     syntaxes: dict[str, frozenset[str]]
-    incoming: Path
+    blank: Callable[[], Path]  # an empty file to receive a data set into
     max_pdu: int  # advertised; 0: unlimited
     limit: int  # the largest PDU we read
     acse_timeout: float
@@ -317,9 +312,9 @@ class Association:
         if command.sop_class != self.abstract.get(context_id):
             message.refusal = CONTEXT_MISMATCH  # its data set is dropped as it arrives
             return
-        message.path = self.config.incoming / f"{_run}.{next(_names)}.dcm"
         try:
-            message.fd = os.open(message.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            message.path = self.config.blank()
+            message.fd = os.open(message.path, os.O_WRONLY)
             self._write(message.fd, file_meta(command.sop_class, command.sop_instance, syntax,
                                               self.origin.calling_ae))  # fmt: skip
         except OSError as exc:

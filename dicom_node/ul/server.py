@@ -12,7 +12,6 @@ only bounds threads for connections that never send an A-ASSOCIATE-RQ.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -32,9 +31,10 @@ def acceptor_config(receiver: Receiver, receive: ReceiveSettings) -> AcceptorCon
     # Largest PDU we read: what we advertise (0: unlimited, so the instance limit) and
     # 64 KiB of slack for a requestor that counts its framing differently.
     limit = (receive.max_pdu_bytes or receiver.max_instance) + 2**16
+    receiver.spool.prepare_blanks()
     return AcceptorConfig(
         syntaxes=supported,
-        incoming=receiver.spool.incoming(os.getpid()),
+        blank=receiver.spool.blank,
         max_pdu=receive.max_pdu_bytes,
         limit=limit,
         acse_timeout=receive.acse_timeout_seconds,

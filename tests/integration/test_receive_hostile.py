@@ -34,6 +34,7 @@ from tests.support.peers import (
     die_with_the_tests,
     echoscu,
     free_port,
+    received_files,
     storescu,
 )
 from tests.support.wait import wait_for
@@ -65,8 +66,7 @@ def raw_store(port: int, path: Path, *args: str | Path) -> subprocess.CompletedP
 
 def leftovers(node: NodeProcess) -> list[Path]:
     """Files being received, or kept from a refused data set."""
-    return [p for p in (node.folder / "var" / "incoming").rglob("*") if p.is_file()
-            and "slots" not in p.parts]  # fmt: skip
+    return received_files(node.folder / "var" / "incoming")
 
 
 def spool_files(node: NodeProcess) -> set[Path]:
@@ -285,7 +285,7 @@ def test_several_receiving_processes_share_the_port_and_one_index(tmp_path):
         assert proc.status()["index"]["instances"] == 40
     finally:
         assert proc.stop() == 0, proc.log()
-    assert not [p for p in incoming.rglob("*") if p.is_file() and "slots" not in p.parts]
+    assert not received_files(incoming)
 
 
 def test_a_pdu_far_over_the_advertised_size_closes_the_connection_unread(node, tmp_path):

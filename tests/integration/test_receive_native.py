@@ -16,7 +16,7 @@ from dicom_node.header import meta_end
 from dicom_node.ul import dimse, pdu
 from tests.support.ct_series import SeriesOptions, write_ct_series
 from tests.support.hostile import ct_dataset, encode, write_raw
-from tests.support.peers import NodeProcess, echoscu, storescu
+from tests.support.peers import NodeProcess, echoscu, received_files, storescu
 from tests.support.wait import wait_for
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -206,11 +206,10 @@ def test_a_data_set_cut_by_an_a_abort_leaves_no_partial_file(node, tmp_path):
     sock.sendall(pdu.encode_p_data([(1, 0x03, dimse.encode_request(command))]))
     sock.sendall(pdu.encode_p_data([(1, 0x00, data[:3000])]))
     incoming = node.folder / "var" / "incoming"
-    wait_for(lambda: any(p.suffix == ".dcm" for p in incoming.rglob("*")), 10, "a partial file")
+    wait_for(lambda: received_files(incoming), 10, "a partial file")
     sock.sendall(pdu.encode_abort(pdu.SOURCE_USER, 0))
     assert closes(sock)
-    wait_for(lambda: not any(p.suffix == ".dcm" for p in incoming.rglob("*")), 10,
-             "the partial file removed")  # fmt: skip
+    wait_for(lambda: not received_files(incoming), 10, "the partial file removed")
     assert echoscu(node.port).returncode == 0
 
 

@@ -1,5 +1,6 @@
 """``python -m tests.support.commit_child DATABASE STORAGE``: stores one instance
-through ``GroupCommit`` and stops inside its file's fsync, which runs while the
+through ``GroupCommit`` and stops where its file is sealed (``spool.seal``: the
+instance's one fsync), which runs while the
 index call is already in the database (PostgreSQL: sent, locks taken, rows not
 committed), so a test can kill -9 it exactly there. ``STORAGE/syncing`` appears
 once it has stopped; it waits on stdin until killed."""
@@ -27,8 +28,7 @@ def main(database: str, storage: Path) -> None:
     received = spool.incoming(os.getpid()) / "child.dcm"
     received.write_bytes(b"data")
 
-    def sync(path: Path) -> None:
-        Spool.sync(path)
+    def sync(path: Path) -> None:  # stops before the seal: the instance is not kept
         (storage / "syncing").touch()
         sys.stdin.read()  # until killed
 

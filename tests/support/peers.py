@@ -51,6 +51,19 @@ def require(binary: str) -> str:
     return path
 
 
+def received_files(incoming: Path) -> list[Path]:
+    """Data sets being received (or kept from a refused one) under a node's
+    ``incoming`` folder: not its association slot files, not its empty blanks."""
+    found = []
+    for path in incoming.rglob("*"):
+        try:
+            if path.is_file() and "slots" not in path.parts and path.stat().st_size:
+                found.append(path)
+        except FileNotFoundError:  # received and moved meanwhile
+            continue
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

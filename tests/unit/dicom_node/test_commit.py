@@ -22,8 +22,9 @@ def rec(sop: str, series: str = "1.2.3", study: str = "1.2") -> InstanceRecord:
 
 
 def received(spool: Spool, name: str, data: bytes = b"data") -> Path:
+    """A received file as the engines write it: preamble, ``DICM``, then ``data``."""
     path = spool.incoming(1) / name
-    path.write_bytes(data)
+    path.write_bytes(bytes(128) + b"DICM" + data)
     return path
 
 
@@ -46,7 +47,7 @@ def test_many_threads_store_at_once_and_each_gets_its_answer(tmp_path, open_db):
     assert sum(answers.values()) == 12, "each instance is new exactly once"
     assert index.counts() == {"studies": 1, "series": 1, "instances": 12}
     for n in range(12):
-        kept = (tmp_path / "var" / rec(f"1.2.3.{n}").path).read_bytes()
+        kept = (tmp_path / "var" / rec(f"1.2.3.{n}").path).read_bytes()[132:]
         assert kept in (bytes([n]), bytes([n + 12])), "one of the two copies, whole"
     assert not list(spool.incoming(1).iterdir())
 

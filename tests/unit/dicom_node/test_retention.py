@@ -52,7 +52,7 @@ def test_a_series_resent_while_it_is_picked_for_purging_is_kept_whole(tmp_path, 
     picked = index.purgeable_series(older_than=1.0)
     assert picked == ["1.2.3"]
     stored(tmp_path, index, spool, "1.2.3", now=5.0)  # the same instance, re-sent now
-    assert index.forget_series("1.2.3", spool.remove, received_before=1.0) == 0
+    assert index.forget_series("1.2.3", spool.remove_all, received_before=1.0) == 0
     assert path.exists() and index.counts()["instances"] == 1
 
 
@@ -104,7 +104,7 @@ def test_a_purge_waits_for_an_instance_another_node_is_storing_in_its_series(tmp
     assert placed.wait(30)
     purged: list[int] = []
     purge = threading.Thread(target=lambda: purged.append(
-        index.forget_series("1.2.3", spool.remove, received_before=1.0)))  # fmt: skip
+        index.forget_series("1.2.3", spool.remove_all, received_before=1.0)))  # fmt: skip
     purge.start()
     if index.db.dialect == "postgresql":  # SQLite: the purge queues on the file lock
         wait_for(lambda: index.db.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
