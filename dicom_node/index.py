@@ -127,7 +127,7 @@ class Index:
     ) -> list[tuple[bool, str | None]]:
         """``record`` for several instances in one write transaction (a group
         commit: one commit, and so one fsync of the index, for all of them), in
-        order; ``before_commit`` runs last inside it (the spool's folder fsyncs).
+        order; ``before_commit`` runs last inside it.
         ``ready`` runs before any ``place`` (the received files' fsyncs): on
         PostgreSQL once the batch's calls are on their way, so the server works
         while the files are synced; on SQLite before the transaction begins.
