@@ -3,13 +3,14 @@
 # The unit tests of the node's tables run on SQLite and PostgreSQL within the suite.
 # With no arguments, every test that starts a node or opens the suite's database
 # (marker node_tables, tests/conftest.py) runs twice in the same session: with its
-# tables in SQLite and in PostgreSQL (DICOM_NODE_TEST_DATABASE=both). With arguments,
+# tables in SQLite and in PostgreSQL (DICOM_NODE_TEST_DATABASE=both), except tests
+# marked one_engine, whose checks do not depend on the engine (they say why). With arguments,
 # the tables are in SQLite unless DICOM_NODE_TEST_DATABASE says postgresql or both.
 #
 # Tests run in TEST_JOBS processes (pytest-xdist, default 2): most of a test's time is
 # spent waiting on its peers (nodes, workers, Orthanc), so two processes share the 2
 # cores well. A module's tests run in one process, one engine's run at a time
-# (--dist loadgroup, groups set in tests/conftest.py), the slowest modules handed out
+# (--dist loadgroup, grouped by tests/conftest.py's scheduler), the slowest modules handed out
 # first (--no-loadscope-reorder keeps that order). TEST_JOBS=0: everything in one process.
 set -eu
 cd "$(dirname "$0")/.."

@@ -1,9 +1,11 @@
 import functools
 import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 # Where the nodes' tables live (tests.support.peers.TEST_DATABASE): "sqlite" (unset),
 # "postgresql", or "both": every node_tables test runs once on each engine, in one
@@ -14,17 +16,17 @@ ENGINES = ("sqlite", "postgresql")
 # Modules that take longest (docs/benchmarks.md, "Test suite"), handed out first so
 # that no process is left running one of them while the other idles at the end.
 SLOW_FIRST = (
-    "integration/test_faults.py",
     "integration/test_end_to_end.py",
-    "integration/test_lanes.py",
+    "integration/test_faults.py",
+    "integration/test_brain_multiframe.py",
     "integration/test_multiframe_end_to_end.py",
     "integration/test_models_end_to_end.py",
-    "integration/test_brain_multiframe.py",
     "integration/test_result_validators.py",
+    "integration/test_lanes.py",
     "integration/test_receive_hostile.py",
+    "integration/test_two_nodes.py",
     "unit/pipelines/test_lung_model_other_phantom.py",
     "unit/workers/test_execute.py",
-    "integration/test_two_nodes.py",
 )
 
 
@@ -32,9 +34,22 @@ def _both() -> bool:
     return os.environ.get(TEST_DATABASE) == "both"
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "one_engine(why): in a both-engines session, run once, on SQLite (unless the"
+        " test names its own database): what it checks does not depend on the engine"
+        " of the node's tables (say why)",
+    )
+
+
 def pytest_generate_tests(metafunc):
     if _both() and _uses_test_database(str(metafunc.definition.path)):
-        metafunc.parametrize("node_database", ENGINES, scope="module", indirect=True)
+        one = metafunc.definition.get_closest_marker("one_engine")
+        if one is None:
+            metafunc.parametrize("node_database", ENGINES, scope="module", indirect=True)
+        elif not one.args:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: one_engine needs a reason")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,9 +65,14 @@ def node_database(request):
         yield engine
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+@pytest.hookimpl(tryfirst=True)  # marks before -m selects by them
 def pytest_collection_modifyitems(config, items):
-    _mark(config, items)
+    _mark(items)
+    # one_engine on a parameter (pytest.param(..., marks=...)): its PostgreSQL copy goes.
+    extra = [i for i in items if i.get_closest_marker("one_engine") and _engine(i) == ENGINES[1]]
+    if extra:
+        config.hook.pytest_deselected(items=extra)
+        items[:] = [i for i in items if i not in extra]
 
 
 @pytest.hookimpl(specname="pytest_collection_modifyitems", trylast=True)
@@ -60,20 +80,42 @@ def pytest_collection_modifyitems_slow_first(items):  # after pytest's reorderin
     items.sort(key=_slow_first)
 
 
-def _mark(config, items) -> None:
+def _mark(items) -> None:
     for item in items:
         path = str(item.path)
         if "/integration/" in path:
             item.add_marker(pytest.mark.integration)
         if _follows_the_test_database(item):
             item.add_marker(pytest.mark.node_tables)
-            if _both():
+            if _both() and item.get_closest_marker("one_engine") is None:
                 _check_module_fixtures(item)
-        # --dist loadgroup (scripts/test.sh): a module's tests stay in one process, as
-        # with loadfile, but its SQLite and PostgreSQL runs are two groups.
-        engine = item.callspec.params.get("node_database") if hasattr(item, "callspec") else None
-        group = Path(path).relative_to(config.rootpath).as_posix().replace("@", "_")
-        item.add_marker(pytest.mark.xdist_group(f"{group}-{engine}" if engine else group))
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own schedulers
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup (scripts/test.sh): a module's tests stay in one process, as with
+    loadfile, but its SQLite and PostgreSQL runs are two groups, free to go to the two
+    processes at once. xdist's own loadgroup cannot do this with pytest >= 9.2: the
+    group it appends to each test's id no longer reaches the id, and every test is
+    then handed out alone (each process starting its own module-scoped peers)."""
+    if config.getvalue("dist") == "loadgroup":
+        return ModuleEngineScheduling(config, log)
+    return None
+
+
+class ModuleEngineScheduling(LoadScopeScheduling):
+    """Groups by module and engine: ``tests/x.py::test_y[a-postgresql]`` goes with the
+    other PostgreSQL tests of ``tests/x.py``."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        params = re.search(r"\[([^\[]*)\]$", nodeid)
+        engines = [p for p in params.group(1).split("-") if p in ENGINES] if params else []
+        return f"{module}-{engines[0]}" if engines else module
+
+
+def _engine(item) -> str | None:
+    return item.callspec.params.get("node_database") if hasattr(item, "callspec") else None
 
 
 def _slow_first(item) -> int:

@@ -23,7 +23,12 @@ from tests.support.peers import NodeProcess, Storescp, storescu
 from tests.support.validators import errors_in_seg, errors_in_sr
 from tests.support.wait import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # In process, or a node whose tables do what the classic brain series' do in
+    # test_models_end_to_end, which runs on both engines.
+    pytest.mark.one_engine("multi-frame decoding and routing are the same on both engines"),
+]
 
 
 @pytest.fixture(scope="module")

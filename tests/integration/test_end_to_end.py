@@ -17,7 +17,7 @@ import yaml
 
 from tests.support.compressed import SYNTAXES, convert
 from tests.support.ct_series import SENTINEL_PATIENT, SeriesOptions, write_ct_series
-from tests.support.peers import NodeProcess, Orthanc, Redis, Storescp, storescu
+from tests.support.peers import NodeProcess, Orthanc, Redis, Storescp, stop_together, storescu
 from tests.support.phantom import make_chest_phantom
 from tests.support.results import LEFT_LUNG, RIGHT_LUNG, dice, seg_labels, sr_measurements
 from tests.support.validators import errors_in_seg, errors_in_sr
@@ -71,7 +71,17 @@ def assert_valid(paths: list[Path]) -> None:
         assert errors == [], (path.name, errors)
 
 
-@pytest.mark.parametrize("syntax", [None, SYNTAXES[7]], ids=["uncompressed", "jpeg-ls-lossless"])
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        pytest.param(None, id="uncompressed"),
+        pytest.param(
+            SYNTAXES[7],
+            id="jpeg-ls-lossless",
+            marks=pytest.mark.one_engine("what it adds, decoding JPEG-LS, is the pipeline's"),
+        ),
+    ],
+)
 def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(tmp_path, phantom, syntax):
     """``syntax``: the PACS holds the study compressed and, like many, never
     transcodes: the node receives it as it is and the pipeline decodes it."""
@@ -121,6 +131,7 @@ def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(tmp_path, phantom, s
     assert code == 0, node.log()
 
 
+@pytest.mark.one_engine("Redis mode's job table runs on PostgreSQL in test_faults")
 def test_redis_mode_runs_inference_in_separate_worker_processes(tmp_path, phantom):
     redis = Redis(tmp_path / "redis").start()
     archive = Storescp(tmp_path / "archive").start()
@@ -141,7 +152,7 @@ def test_redis_mode_runs_inference_in_separate_worker_processes(tmp_path, phanto
         check_results(by_modality["SEG"], by_modality["SR"], series, phantom)
         assert "loaded model" in worker.log()
     finally:
-        codes = (node.stop(), worker.stop())
+        codes = stop_together(node, worker)
         archive.stop()
         redis.stop()
     assert codes[0] == 0, node.log()

@@ -24,8 +24,16 @@ from celery import Celery
 
 from tests.support.ct_series import SENTINEL_PATIENT, SeriesOptions, write_ct_series
 from tests.support.fault_pipelines import LEAKY_MESSAGE
-from tests.support.peers import NodeProcess, Orthanc, Redis, Storescp, require, storescu
-from tests.support.phantom import make_chest_phantom
+from tests.support.peers import (
+    NodeProcess,
+    Orthanc,
+    Redis,
+    Storescp,
+    require,
+    stop_together,
+    storescu,
+)
+from tests.support.phantom import small_chest
 from tests.support.wait import wait_for
 
 ENDED = {"done", "skipped", "failed"}
@@ -147,7 +155,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, node_database: str) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("faults")
-    phantom = make_chest_phantom((24, 192, 192), (5.0, 1.2, 1.2), body_scale=0.55, seed=3)
+    phantom = small_chest()
     redis = Redis(folder / "redis").start()
     archive = Orthanc(folder / "orthanc").start()
     settings = config(archive.aet, archive.dicom_port, redis.url)
@@ -164,8 +172,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, node_database: str) -> Iterat
             worker.start()
         yield site
     finally:
-        for proc in (*workers, node):
-            proc.stop()
+        stop_together(*workers, node)
         archive.stop()
         redis.stop()
     logs = site.logs()
@@ -348,7 +355,7 @@ def test_pipeline_that_hangs_is_stopped_at_its_time_limit_retried_then_failed(tm
         )
         assert (node.folder / "var/work").exists() and not any((node.folder / "var/work").iterdir())
     finally:
-        codes = (node.stop(), worker.stop())
+        codes = stop_together(node, worker)
         redis.stop()
     assert codes[0] == 0
 
@@ -379,7 +386,7 @@ def test_archive_answering_a_failure_status_is_retried_until_it_stores(tmp_path)
         }
         node.start()
         archive.folder.rmdir()
-        phantom = make_chest_phantom((24, 192, 192), (5.0, 1.2, 1.2), body_scale=0.55, seed=3)
+        phantom = small_chest()
         options = SeriesOptions(spacing=phantom.spacing)
         series = write_ct_series(tmp_path / "ct", phantom.hu, options)
         assert storescu(node.port, series.paths).returncode == 0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.support.ct_series import SeriesOptions, write_ct_series
-from tests.support.peers import NodeProcess, Redis, require, storescu
+from tests.support.peers import NodeProcess, Redis, require, stop_together, storescu
 from tests.support.phantom import make_chest_phantom
 from tests.support.wait import wait_for
 
@@ -103,8 +103,7 @@ def lanes(tmp_path: Path) -> Iterator[Lanes]:
         node.start()
         yield site
     finally:
-        for proc in (*site.workers, node):
-            proc.stop()
+        stop_together(*site.workers, node)
         redis.stop()
 
 

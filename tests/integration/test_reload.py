@@ -8,7 +8,7 @@ import yaml
 
 from tests.support.ct_series import SeriesOptions, write_ct_series
 from tests.support.peers import NodeProcess, Storescp, storescu
-from tests.support.phantom import make_chest_phantom
+from tests.support.phantom import small_chest
 from tests.support.wait import wait_for
 
 
@@ -22,7 +22,7 @@ def test_sighup_applies_new_rules_and_ignores_a_broken_file(tmp_path):
         "rules": [],
     }  # fmt: skip
     node = NodeProcess(tmp_path / "node", config).start()
-    phantom = make_chest_phantom((24, 192, 192), (5.0, 1.2, 1.2), body_scale=0.55, seed=9)
+    phantom = small_chest(seed=9)
     options = SeriesOptions(spacing=phantom.spacing)
     try:
         first = write_ct_series(tmp_path / "first", phantom.hu, options)

@@ -18,9 +18,13 @@ from pynetdicom import AE
 
 from tests.support import postgres
 from tests.support.ct_series import SeriesOptions, write_ct_series
-from tests.support.peers import NodeProcess, Orthanc, Redis, storescu
+from tests.support.peers import NodeProcess, Orthanc, Redis, stop_together, storescu
 from tests.support.phantom import make_chest_phantom
 from tests.support.wait import wait_for
+
+# Both nodes' tables are always in one PostgreSQL database (storage.database is set):
+# the suite's SQLite and PostgreSQL runs would run the same thing twice.
+pytestmark = pytest.mark.one_engine("its nodes share a PostgreSQL database of their own")
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 ENDED = {"done", "skipped", "failed"}
@@ -92,8 +96,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         worker.start(wait_listening=False)
         yield site
     finally:
-        for proc in (worker, b, a):
-            proc.stop()
+        stop_together(worker, b, a)
         archive.stop()
         redis.stop()
 

@@ -79,11 +79,15 @@ def port_open(port: int) -> bool:
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return _reap(proc, timeout)
+
+
+def _reap(proc: subprocess.Popen[Any], timeout: float) -> int:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     return int(proc.returncode)
 
 
@@ -117,12 +121,21 @@ def echoscu(
     return subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=60)
 
 
+def stop_together(*peers: _Process | NodeProcess) -> list[int]:
+    """Stop peers at once (SIGTERM to all, then wait for each): a teardown of several
+    nodes and workers takes as long as the slowest, not the sum. Exit codes in order."""
+    running = [peer.proc for peer in peers if peer.proc is not None]
+    for proc in running:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    return [_reap(peer.proc, 120) if peer.proc is not None else 0 for peer in peers]
+
+
 class _Process:
     proc: subprocess.Popen[Any] | None
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
+    def stop(self) -> int:
+        return stop_process(self.proc) if self.proc is not None else 0
 
 
 @dataclass

@@ -156,6 +156,13 @@ def make_chest_phantom(
     return Phantom(hu16, (sz, sy, sx), truth, body, gas, tuple(drawn))
 
 
+def small_chest(seed: int = 3) -> Phantom:
+    """A chest CT for tests that count a node's results rather than check them: the real
+    lung model finds both lungs in about 0.55 s of CPU, a quarter of what a 24 x 192 x
+    192 series takes (the end-to-end tests check results on a 60 x 384 x 384 one)."""
+    return make_chest_phantom((16, 128, 128), (7.5, 1.8, 1.8), body_scale=0.55, seed=seed)
+
+
 def _make_grid(shape: tuple[int, ...], spacing: tuple[float, ...]) -> _Grid:
     nz, ny, nx = shape
     sz, sy, sx = (float(v) for v in spacing)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from dicom_node.jobspec import JobRequest
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
 from tests.support.ct_series import SeriesOptions, write_ct_series
+from tests.support.phantom import Phantom, small_chest
 from tests.support.validators import errors_in_seg, errors_in_sr
 from workers.execute import execute
 from workers.models import ModelCache
@@ -57,14 +59,14 @@ def settings(tmp_path: Path) -> Settings:
     return Settings.model_validate({"storage": {"dir": str(tmp_path)}})
 
 
-def small_chest() -> np.ndarray:
-    from tests.support.phantom import make_chest_phantom
-
-    return make_chest_phantom((24, 192, 192), (5.0, 1.2, 1.2), body_scale=0.55, seed=3).hu
+@functools.cache
+def chest() -> Phantom:
+    """One small chest for the module (read only): results are counted, not checked."""
+    return small_chest()
 
 
 def test_done_job_writes_seg_and_sr_then_the_outcome(tmp_path, cache):
-    req = request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2))
+    req = request_for(tmp_path, chest().hu, spacing=chest().spacing)
     outcome = execute(req, settings(tmp_path), cache)
     assert outcome is not None and outcome.status == "done", outcome
     folder = Spool(tmp_path).job_folder(7)
@@ -78,7 +80,7 @@ def test_done_job_writes_seg_and_sr_then_the_outcome(tmp_path, cache):
 
 def test_model_is_loaded_once_per_process(tmp_path, cache):
     for n in range(2):
-        req = request_for(tmp_path / str(n), small_chest(), spacing=(5.0, 1.2, 1.2))
+        req = request_for(tmp_path / str(n), chest().hu, spacing=chest().spacing)
         execute(req, settings(tmp_path / str(n)), cache)
     assert cache.loads == 1
 
@@ -150,7 +152,7 @@ def test_missing_input_file_asks_the_node_to_retry(tmp_path, cache):
 
 
 def test_malformed_demographics_are_left_out_and_never_fail_the_job(tmp_path, cache):
-    req = request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2))
+    req = request_for(tmp_path, chest().hu, spacing=chest().spacing)
     for path in req.inputs:
         ds = pydicom.dcmread(tmp_path / path)
         ds.PatientBirthDate = "1970-01-01"
@@ -175,7 +177,7 @@ def test_malformed_demographics_are_left_out_and_never_fail_the_job(tmp_path, ca
 def test_a_series_holding_another_patients_slices_gets_no_result(tmp_path, cache):
     # A sender reused a Series Instance UID under another study and patient: the
     # index files both under one series; one volume of two patients must not come back.
-    req = request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2))
+    req = request_for(tmp_path, chest().hu, spacing=chest().spacing)
     for path in req.inputs[len(req.inputs) // 2 :]:
         ds = pydicom.dcmread(tmp_path / path)
         ds.PatientID = "SENTINEL-OTHER-PATIENT"
@@ -188,7 +190,7 @@ def test_a_series_holding_another_patients_slices_gets_no_result(tmp_path, cache
 
 
 def test_a_source_without_patient_and_study_type2_attributes_still_gets_results(tmp_path, cache):
-    req = request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2))
+    req = request_for(tmp_path, chest().hu, spacing=chest().spacing)
     for path in req.inputs:
         ds = pydicom.dcmread(tmp_path / path)
         for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
@@ -209,7 +211,7 @@ def test_a_source_without_patient_and_study_type2_attributes_still_gets_results(
 
 
 def test_run_parameters_a_pipeline_does_not_take_fail_the_job_with_a_reason(tmp_path, cache):
-    req = dataclasses.replace(request_for(tmp_path, small_chest(), spacing=(5.0, 1.2, 1.2)),
+    req = dataclasses.replace(request_for(tmp_path, chest().hu, spacing=chest().spacing),
                               parameters={"threshold": 0.8})  # fmt: skip
     outcome = execute(req, settings(tmp_path), cache)
     assert outcome is not None and outcome.status == "failed"
