@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.support.ct_series import SeriesOptions, write_ct_series
+from tests.support.fault_pipelines import RELEASE
 from tests.support.peers import NodeProcess, Redis, require, stop_together, storescu
 from tests.support.phantom import make_chest_phantom
 from tests.support.wait import wait_for
@@ -156,4 +157,5 @@ def test_celery_inspect_sees_redis_mode_workers_and_their_running_task(lanes: La
     assert "dicom_node.run_job" in active, active
     queues = inspect("active_queues")
     assert "dicom-node.gpu.urgent" in queues and "dicom-node.cpu.offpeak" in queues, queues
+    (lanes.node.folder / RELEASE).touch()  # the worker's folder: its job may end
     lanes.wait_state(study, {"skipped"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from pipelines.base import PipelineSpec, SeriesNotUsable, Volume
@@ -19,6 +20,8 @@ from pipelines.lung import LungCT
 LEAKY_MESSAGE = "Unable to convert 'SENTINEL-PID-0001' to 'DA' object"
 SLOW_SECONDS = 4.0
 PAUSE_SECONDS = 1.5
+RELEASE = "release-pause-long"  # in the worker's folder (its cwd): ends pause-long's job
+HOLD_SECONDS = 120
 
 
 def _spec(name: str) -> PipelineSpec:
@@ -83,8 +86,17 @@ class Pauses(_NoModel):
 
 
 class PausesLong(Pauses):
+    """Holds its worker until the test says so (a file ``RELEASE`` in the worker's
+    folder), at most ``HOLD_SECONDS``: long enough for a test to look at the running
+    job from outside, on a machine of any load."""
+
     spec = _spec("pause-long")
-    seconds = 4 * PAUSE_SECONDS
+
+    def infer(self, model: Any, volume: Volume) -> Any:
+        deadline = time.monotonic() + HOLD_SECONDS
+        while time.monotonic() < deadline and not Path(RELEASE).exists():
+            time.sleep(0.05)
+        raise SeriesNotUsable("the pause pipeline never makes results")
 
 
 FAULTS = {p.spec.name: p for p in (Raises, Hangs, Aborts, Slow, Pauses, PausesLong)}
