@@ -31,6 +31,7 @@ never comes back to be filed again.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import re
@@ -132,8 +133,10 @@ class Spool:
 
     def incoming(self, pid: int) -> Path:
         """The folder where process ``pid`` of this host receives data sets before they
-        are placed (``incoming/<host>.<pid>``: node hosts may share ``storage.dir``)."""
-        path = self.root / "incoming" / f"{_host()}.{int(pid)}"
+        are placed (``incoming/<host>.<boot>.<pid>``: node hosts may share
+        ``storage.dir``, and after a reboot a live process may have the pid of one
+        that died before it, with sealed files still in its folder)."""
+        path = self.root / "incoming" / f"{_host()}.{_boot()}.{int(pid)}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -149,9 +152,12 @@ class Spool:
 
     def _dead_incoming(self, alive: Callable[[int], bool]) -> list[Path]:
         folders = []
-        for folder in (self.root / "incoming").glob(f"{_host()}.*"):
-            pid = folder.name.rpartition(".")[2]
-            if pid.isdigit() and not alive(int(pid)) and folder.is_dir():
+        host = _host()
+        for folder in (self.root / "incoming").glob(f"{host}.*"):
+            boot, _, pid = folder.name[len(host) + 1 :].rpartition(".")
+            if not pid.isdigit() or not folder.is_dir():
+                continue
+            if boot != _boot() or not alive(int(pid)):  # an earlier boot's, or gone
                 folders.append(folder)
         return folders
 
@@ -384,6 +390,17 @@ def sealed(path: Path) -> str | None:
         return who.rstrip(b"\0").decode("ascii", "replace")
     finally:
         os.close(fd)
+
+
+@functools.cache
+def _boot() -> str:
+    """This boot of the host (Linux's boot id), so a pid is not mistaken for the
+    same pid before a reboot."""
+    try:
+        text = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii")
+    except OSError:
+        return "0"
+    return re.sub(r"[^0-9a-f]", "", text)[:12] or "0"
 
 
 def _host() -> str:

@@ -134,3 +134,20 @@ def test_a_purged_series_leaves_no_file_to_be_filed_again(tmp_path, ct, open_db)
 def _record_of(spool: Spool, path: Path) -> InstanceRecord:
     header, ds = read_header(path, "1.2.840.10008.1.2.1", 2**30)
     return instance_record(spool, header, instance_facts(ds, ORIGIN.context()), 0)
+
+
+def test_a_folder_of_an_earlier_boot_is_left_behind_even_if_its_pid_lives_again(
+    tmp_path, ct, open_db
+):
+    spool = Spool(tmp_path / "var")
+    spool.create()
+    index = Index(open_db())
+    mine = spool.incoming(os.getpid())  # <host>.<boot>.<pid>
+    host, _, pid = mine.name.split(".")
+    before_reboot = mine.parent / f"{host}.000000000000.{pid}"
+    before_reboot.mkdir()
+    mine.rmdir()
+    seal(dicom_file(before_reboot / "a.b0.dcm", ct.paths[0]), ORIGIN.sealed(), named=True)
+    reconcile_spool(spool, index, min_age=0)
+    assert index.counts()["instances"] == 1
+    assert not before_reboot.exists()
