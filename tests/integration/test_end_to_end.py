@@ -101,20 +101,8 @@ def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(tmp_path, phantom, s
             files = [convert(syntax, p, tmp_path / "stored" / p.name) for p in series.paths]
         uploaded = [archive.upload(p) for p in files]
         archive.push("node", uploaded[0]["ParentStudy"])
-
-        def results() -> dict[str, str] | None:
-            found = {
-                i["MainDicomTags"].get("SOPInstanceUID"): i["ID"]
-                for i in archive.instances_of_study(series.study_uid)
-            }
-            by_modality = {}
-            for instance_id in found.values():
-                tags = archive.get(f"/instances/{instance_id}/simplified-tags")
-                if tags.get("Modality") in ("SEG", "SR"):
-                    by_modality[tags["Modality"]] = instance_id
-            return by_modality if len(by_modality) == 2 else None
-
-        ids = wait_for(results, 240, "SEG and SR in Orthanc", poll=1.0)
+        ids = wait_for(lambda: archive.result_ids(series.study_uid), 240,
+                       "SEG and SR in Orthanc", poll=1.0)  # fmt: skip
         seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
         seg_path.write_bytes(archive.file(ids["SEG"]))
         sr_path.write_bytes(archive.file(ids["SR"]))

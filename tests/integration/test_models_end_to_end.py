@@ -8,10 +8,12 @@ processed), and a CT series comes back segmented by the site's Keras model.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,7 +49,7 @@ class Site:
     folder: Path
 
 
-def _follow_the_doc(folder: Path) -> dict[str, Any]:
+def _follow_the_doc(folder: Path) -> None:
     """Steps 1-4 of "Add your model in ten minutes", as written."""
     files = doc_files()
     (folder / "bright-lesion").mkdir(parents=True)
@@ -67,15 +69,35 @@ def _follow_the_doc(folder: Path) -> dict[str, Any]:
     assert check.returncode == 0, check.stderr
     assert "model.keras matches model.sha256" in check.stdout
     assert "ran on a synthetic input" in check.stdout
-    return dict(yaml.safe_load(files["config-addition.yaml"]))
+
+
+@pytest.fixture(scope="session")
+def doc_model(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The folder the doc's steps made, once per session: the module's SQLite and
+    PostgreSQL runs (often two processes at once) share it, the first to take the
+    lock training the model, the other waiting for it."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # the session's folder, shared by its xdist processes
+    folder = root / "models-doc"
+    with open(root / "models-doc.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            _follow_the_doc(folder)
+            (folder / "done").touch()
+    return folder
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, node_database: str) -> Iterator[Site]:
+def site(
+    tmp_path_factory: pytest.TempPathFactory, doc_model: Path, node_database: str
+) -> Iterator[Site]:
     if not brain_mr.available():
         pytest.fail(f"{brain_mr.T1} missing: scripts/install.sh test installs it")
     root = tmp_path_factory.mktemp("models-e2e")
-    addition = _follow_the_doc(root / "node")
+    shutil.copytree(doc_model, root / "node", ignore=shutil.ignore_patterns("done"))
+    addition = dict(yaml.safe_load(doc_files()["config-addition.yaml"]))
     archive = Orthanc(root / "orthanc")
     node = NodeProcess(root / "node", {})
     archive.start(modalities={"node": ["DICOM-NODE", "127.0.0.1", node.port]})

@@ -92,15 +92,6 @@ def seg_labels_by_frame(seg: Dataset, sources: list[Dataset], shape: Any, z0: fl
     return labels
 
 
-def _results(archive: Orthanc, study_uid: str) -> dict[str, str] | None:
-    by_modality = {}
-    for instance in archive.instances_of_study(study_uid):
-        tags = archive.get(f"/instances/{instance['ID']}/simplified-tags")
-        if tags.get("Modality") in ("SEG", "SR"):
-            by_modality[tags["Modality"]] = instance["ID"]
-    return by_modality if len(by_modality) == 2 else None
-
-
 # The tables see a multi-frame instance as any other: the skipped multi-frame series
 # below and the classic series of test_end_to_end run on both engines.
 @pytest.mark.one_engine("frames are decoded and referenced by the pipeline")
@@ -120,7 +111,7 @@ def test_multiframe_chest_ct_sent_by_storescu_gets_seg_and_sr_in_the_archive(
         node.start()
         sent = storescu(node.port, files, extra=proposal)
         assert sent.returncode == 0, sent.stderr
-        ids = wait_for(lambda: _results(archive, series.study_uid), 300,
+        ids = wait_for(lambda: archive.result_ids(series.study_uid), 300,
                        "SEG and SR in Orthanc", poll=1.0)  # fmt: skip
         seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
         seg_path.write_bytes(archive.file(ids["SEG"]))

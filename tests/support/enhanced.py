@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 from tests.support.peers import require
+from tests.support.validators import JAVA_QUICK
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -197,9 +198,9 @@ def pixelmed_legacy(folder: Path, output: Path) -> list[Path]:
     if not Path(PIXELMED).exists():
         require("pixelmed.jar (Debian libpixelmed-java)")
     output.mkdir(parents=True, exist_ok=True)
-    subprocess.run([java, "-cp", PIXELMED, "com.pixelmed.dicom.MultiFrameImageFactory",
-                    str(folder), str(output)], check=True, capture_output=True,
-                   timeout=120)  # fmt: skip
+    factory = "com.pixelmed.dicom.MultiFrameImageFactory"
+    subprocess.run([java, *JAVA_QUICK, "-cp", PIXELMED, factory, str(folder), str(output)],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
     return sorted(p for p in output.iterdir() if p.is_file())
 
 

@@ -205,20 +205,30 @@ class Orthanc(_Process):
         body = json.dumps({"Resources": [resource_id], "Synchronous": True}).encode()
         return self.request("POST", f"/modalities/{modality}/store", body)
 
-    def instances_of_study(self, study_uid: str) -> list[dict[str, Any]]:
+    def _result_series(self, study_uid: str) -> list[tuple[str, list[str]]]:
+        """(modality, instance ids) of the study's SEG and SR series, in one request:
+        waits poll this, and Orthanc shares the 2 cores with the node under test."""
         body = json.dumps(
-            {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}
+            {"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}
         ).encode()
-        return list(self.request("POST", "/tools/find", body))
+        found = []
+        for series in self.request("POST", "/tools/find", body):
+            modality = series["MainDicomTags"].get("Modality")
+            if modality in ("SEG", "SR"):
+                found.append((str(modality), [str(i) for i in series["Instances"]]))
+        return found
 
     def result_counts(self, study_uid: str) -> dict[str, int]:
         """How many SEG and SR instances the study holds, by modality."""
         counts: dict[str, int] = {}
-        for instance in self.instances_of_study(study_uid):
-            tags = self.get(f"/instances/{instance['ID']}/simplified-tags")
-            if tags.get("Modality") in ("SEG", "SR"):
-                counts[tags["Modality"]] = counts.get(tags["Modality"], 0) + 1
+        for modality, instances in self._result_series(study_uid):
+            counts[modality] = counts.get(modality, 0) + len(instances)
         return counts
+
+    def result_ids(self, study_uid: str) -> dict[str, str] | None:
+        """An instance id by modality once the study holds both a SEG and an SR."""
+        found = {modality: ids[0] for modality, ids in self._result_series(study_uid) if ids}
+        return found if len(found) == 2 else None
 
     def file(self, instance_id: str) -> bytes:
         return bytes(self.request("GET", f"/instances/{instance_id}/file"))
