@@ -40,7 +40,7 @@ import socket
 import struct
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +94,31 @@ def write_atomic(path: Path, data: bytes | memoryview, make_parents: bool = True
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic_batch(
+    files: Sequence[tuple[Path, bytes | memoryview]], make_parents: bool = True
+) -> None:
+    """``write_atomic`` for several files, with one fsync per folder after the last
+    rename instead of one per file. Each file is the old one or the new one after a
+    crash; all are durable when this returns. ``make_parents`` as ``write_atomic``."""
+    folders: dict[Path, None] = {}
+    for path, data in files:
+        if make_parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        folders[path.parent] = None
+    for folder in folders:
+        fsync_dir(folder)
 
 
 class Spool:
@@ -548,6 +573,11 @@ class TicketFolder:
     def write_output(self, name: str, data: bytes | memoryview) -> None:
         self.out.mkdir(exist_ok=True)  # never parents: the ticket folder must exist
         write_atomic(self.out / check_name(name), data, make_parents=False)
+
+    def write_outputs(self, files: Sequence[tuple[str, bytes | memoryview]]) -> None:
+        """``write_output`` for each (name, data), with one fsync of the folder."""
+        self.out.mkdir(exist_ok=True)  # never parents: the ticket folder must exist
+        write_atomic_batch([(self.out / check_name(n), d) for n, d in files], make_parents=False)
 
     def write_outcome(self, outcome: JobOutcome) -> None:
         write_atomic(self.path / "outcome.json", outcome.to_json(), make_parents=False)

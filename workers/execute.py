@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -133,6 +134,27 @@ def _release_free_memory() -> None:
         pass
 
 
+@contextmanager
+def collection_deferred() -> Iterator[None]:
+    """Automatic garbage collection paused for a job, then one young collection.
+
+    A lung job (300 slices) frees almost everything it makes by reference counting,
+    yet its allocations start ~140 automatic collections (~0.1 s CPU), among them a
+    full one that walks all its objects. Paused, the job's objects stay in the
+    youngest generation, and the collection after it walks only what outlived the
+    job: a few thousand objects of pydicom's small reference cycles (2-3 ms). The
+    garbage held until then is these cycles, not arrays. Process-wide: a worker
+    process runs one job at a time. Leaves collection as it found it."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+            gc.collect(0)
+
+
 def _worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -152,7 +174,7 @@ def execute(
                     request.ticket)  # fmt: skip
         return None
     try:
-        with _exclusive(ticket) as mine:
+        with collection_deferred(), _exclusive(ticket) as mine:
             if not mine:
                 logger.info("job %d ticket %d is being run by another delivery", request.job_id,
                             request.ticket)  # fmt: skip
@@ -281,10 +303,10 @@ def _log_defect(job_id: int, stage: str, exc: BaseException) -> None:
 
 
 def _write_outputs(ticket: TicketFolder, datasets: list[Dataset]) -> list[str]:
-    """Write each result as <modality>-<n>.dcm, fsync'ed; returns the file names."""
-    names = []
-    for n, ds in enumerate(datasets, start=1):
-        name = f"{str(ds.Modality).lower()}-{n}.dcm"
-        ticket.write_output(name, encoded(ds))
-        names.append(name)
-    return names
+    """Write each result as <modality>-<n>.dcm, fsync'ed, with one fsync of their
+    folder; returns the file names."""
+    files = [
+        (f"{str(ds.Modality).lower()}-{n}.dcm", encoded(ds)) for n, ds in enumerate(datasets, 1)
+    ]
+    ticket.write_outputs(files)
+    return [name for name, _ in files]

@@ -99,3 +99,35 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         write_atomic(tmp_path / "x.dcm", b"data")
     assert [p.name for p in tmp_path.iterdir()] == ["x.dcm"]
+
+
+def test_a_batch_write_places_every_file_and_leaves_no_temporary_file(tmp_path):
+    from dicom_node.spool import write_atomic_batch
+
+    (tmp_path / "out" / "old.dcm").parent.mkdir()
+    (tmp_path / "out" / "old.dcm").write_bytes(b"old")
+    write_atomic_batch([(tmp_path / "out" / "old.dcm", b"seg"),
+                        (tmp_path / "out" / "sr.dcm", memoryview(b"sr"))])  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["old.dcm", "sr.dcm"]
+    assert (tmp_path / "out" / "old.dcm").read_bytes() == b"seg"
+    with pytest.raises(FileNotFoundError):
+        write_atomic_batch([(tmp_path / "gone" / "x.dcm", b"x")], make_parents=False)
+    (tmp_path / "out" / "dir.dcm").mkdir()  # the rename onto a folder fails
+    with pytest.raises(OSError):
+        write_atomic_batch(
+            [(tmp_path / "out" / "a.dcm", b"a"), (tmp_path / "out" / "dir.dcm", b"")]
+        )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.dcm", "dir.dcm", "old.dcm",
+                                                                    "sr.dcm"]  # fmt: skip
+
+
+def test_a_ticket_writes_its_outputs_in_one_batch_and_never_recreates_its_folder(tmp_path):
+    folder = Spool(tmp_path).job_folder(5)
+    ticket = folder.open_ticket(1)
+    ticket.write_outputs([("seg-1.dcm", b"seg"), ("sr-2.dcm", b"sr")])
+    assert sorted(p.name for p in ticket.out.iterdir()) == ["seg-1.dcm", "sr-2.dcm"]
+    with pytest.raises(UnsafeUid, match="not a plain file name"):
+        ticket.write_outputs([("../x.dcm", b"x")])
+    folder.open_ticket(2)  # withdrawn
+    with pytest.raises(FileNotFoundError):
+        ticket.write_outputs([("seg-1.dcm", b"x")])

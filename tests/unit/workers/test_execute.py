@@ -216,3 +216,40 @@ def test_run_parameters_a_pipeline_does_not_take_fail_the_job_with_a_reason(tmp_
     outcome = execute(req, settings(tmp_path), cache)
     assert outcome is not None and outcome.status == "failed"
     assert outcome.reason == "pipeline lung-ct takes no run parameters (its inference is code)"
+
+
+def test_a_job_runs_with_automatic_collection_paused_and_collects_once_after(tmp_path, cache):
+    import gc
+    import weakref
+
+    from workers.execute import collection_deferred
+
+    seen: list[bool] = []
+
+    def pipeline():  # type: ignore[no-untyped-def]
+        seen.append(gc.isenabled())
+        return cache.catalog.get("lung-ct")
+
+    request = request_for(tmp_path, small_chest())
+    outcome = execute(dataclasses.replace(request, pipeline="watched"), settings(tmp_path), cache,
+                      {"watched": pipeline})  # fmt: skip
+    assert outcome is not None and outcome.status == "done"
+    assert seen == [False] and gc.isenabled()
+
+    class Cycle:
+        pass
+
+    with collection_deferred():
+        cycle = Cycle()
+        cycle.me = cycle  # type: ignore[attr-defined]
+        gone = weakref.ref(cycle)
+        del cycle
+        assert gone() is not None  # not collected while the job runs
+    assert gone() is None  # the collection after it found it
+    gc.disable()
+    try:
+        with collection_deferred():
+            pass
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()
