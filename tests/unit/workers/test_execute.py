@@ -230,7 +230,7 @@ def test_a_job_runs_with_automatic_collection_paused_and_collects_once_after(tmp
         seen.append(gc.isenabled())
         return cache.catalog.get("lung-ct")
 
-    request = request_for(tmp_path, small_chest())
+    request = request_for(tmp_path, chest().hu, spacing=chest().spacing)
     outcome = execute(dataclasses.replace(request, pipeline="watched"), settings(tmp_path), cache,
                       {"watched": pipeline})  # fmt: skip
     assert outcome is not None and outcome.status == "done"
