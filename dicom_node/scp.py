@@ -47,6 +47,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -194,6 +195,7 @@ class Receiver:
         self.started: dict[int, float] = {}  # when each association was accepted
         self._held: dict[int, Slot] = {}
         self._received: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._sealing: tuple[int, ThreadPoolExecutor] | None = None
 
     # -- association control ---------------------------------------------------
     def open_association(self, origin: Origin) -> Slot | Rejection:
@@ -297,13 +299,22 @@ class Receiver:
         self, path: Path, transfer_syntax: str, sop_class: str, sop_uid: str, origin: Origin
     ) -> Outcome:
         """Store the received file ``path`` (File Meta, then the data set as sent)
-        of a C-STORE request for ``sop_class`` / ``sop_uid``: check, fsync, place,
+        of a C-STORE request for ``sop_class`` / ``sop_uid``: check, seal, place,
         index; the Outcome to answer. ``path`` is gone after (placed into the spool,
-        or removed). Never raises."""
+        or removed). Never raises.
+
+        The seal (a checksum and an fsync) starts at once in a thread of its own
+        and runs while the header is read and checked: the two take about as long,
+        and the fsync does not hold the interpreter. The instance is placed only
+        once it is sealed; a refused one is removed once its seal has ended."""
+        sealing = self._sealer().submit(
+            seal, path, origin.sealed(), named=self.spool.from_blank(path)
+        )
         try:
             return self._store(
-                path, transfer_syntax, sop_class.strip("\0 "), sop_uid.strip("\0 "), origin
-            )
+                path, transfer_syntax, sop_class.strip("\0 "), sop_uid.strip("\0 "), origin,
+                sealing,
+            )  # fmt: skip
         except self.index.db.transient_errors as exc:  # the sender retries later
             logger.error("could not index an instance: the node's database is unavailable (%s)",
                          type(exc).__name__)  # fmt: skip
@@ -312,10 +323,25 @@ class Receiver:
             logger.error("unexpected error while storing an instance: %s", type(exc).__name__)
             return Outcome(0xA700, "internal error while storing; not stored")
         finally:
+            sealing.exception()  # ended, whatever it raised
             path.unlink(missing_ok=True)  # a refused data set leaves nothing
 
+    def _sealer(self) -> ThreadPoolExecutor:
+        """Threads that seal received files, made in the process that uses them."""
+        with self._lock:
+            if self._sealing is None or self._sealing[0] != os.getpid():
+                pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="seal")
+                self._sealing = (os.getpid(), pool)
+            return self._sealing[1]
+
     def _store(
-        self, path: Path, transfer_syntax: str, sop_class: str, sop_uid: str, origin: Origin
+        self,
+        path: Path,
+        transfer_syntax: str,
+        sop_class: str,
+        sop_uid: str,
+        origin: Origin,
+        sealing: Future[None],
     ) -> Outcome:
         try:
             header, ds = read_header(path, transfer_syntax, self.max_inflated)
@@ -333,9 +359,8 @@ class Receiver:
             logger.error("spool disk is full; refusing instances (storage.min_free_mb)")
             return Outcome(0xA700, "out of resources: node storage is full")
         record = instance_record(self.spool, header, facts, path.stat().st_size)
-        sync = partial(seal, origin=origin.sealed(), named=self.spool.from_blank(path))
-        try:
-            new = self.commits.record(record, path, sync)  # seal, place, index
+        try:  # sealed (waiting for it), placed, indexed
+            new = self.commits.record(record, path, lambda _: sealing.result())
         except OSError as exc:
             logger.error("could not write an instance to the spool: %s", exc.strerror)
             return Outcome(0xA700, "out of resources: could not write to storage")
@@ -660,6 +685,8 @@ def _file_sealed(
         record = instance_record(spool, header, facts, path.stat().st_size)
     except (BadInstance, UnsafeUid, InvalidDicomError, AttributeError, ValueError, OSError):
         return False
+    if header.sop_class_uid not in STORAGE_SOP_CLASSES:
+        return False  # refused when it arrived
     if in_spool is not None and record.path != in_spool:
         return False  # not where its UIDs file it: no file this node placed
     mtime = path.stat().st_mtime_ns

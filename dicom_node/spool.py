@@ -329,20 +329,42 @@ class Blanks:
         self._token = f"{uuid.uuid4().hex[:8]}.b"  # this process run's names
         self._names = itertools.count()
         self._free: list[Path] = []
+        self._refilling = False
         self._lock = threading.Lock()
 
     def take(self) -> Path:
+        """A blank; when fewer than half a batch are left, the next batch is made in
+        a thread of its own (creating files waits on the file system's journal,
+        which the instances' fsyncs keep busy), so an association rarely waits."""
         with self._lock:
             if not self._free:
                 self._make()
-            return self._free.pop()
+            path = self._free.pop()
+            if len(self._free) < self.BATCH // 2 and not self._refilling:
+                self._refilling = True
+                threading.Thread(target=self._refill, name="blanks", daemon=True).start()
+            return path
 
     def fill(self) -> None:
         with self._lock:
             if not self._free:
                 self._make()
 
+    def _refill(self) -> None:
+        try:
+            made = self._new_batch()
+        except OSError:  # the disk is full: take() makes them, or says why
+            made = []
+        finally:
+            with self._lock:
+                self._refilling = False
+        with self._lock:
+            self._free[:0] = made  # taken last: the older blanks go first
+
     def _make(self) -> None:
+        self._free = self._new_batch()
+
+    def _new_batch(self) -> list[Path]:
         made = []
         for _ in range(self.BATCH):
             path = self.folder / f"{self._token}{next(self._names)}.dcm"
@@ -350,7 +372,7 @@ class Blanks:
             made.append(path)
         fsync_dir(self.folder)
         made.reverse()
-        self._free = made
+        return made
 
     def made(self, path: Path) -> bool:
         return path.parent == self.folder and path.name.startswith(self._token)
