@@ -79,21 +79,7 @@ def write_atomic(path: Path, data: bytes | memoryview, make_parents: bool = True
     ``make_parents=False``: the folder must exist already (``FileNotFoundError``
     otherwise), so a writer never re-creates a folder someone else removed.
     """
-    if make_parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    # A name no other thread or process uses: writers of the same file never share
-    # a temporary file, and a failed write leaves none behind.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_atomic_batch([(path, data)], make_parents)
 
 
 def write_atomic_batch(
@@ -106,6 +92,8 @@ def write_atomic_batch(
     for path, data in files:
         if make_parents:
             path.parent.mkdir(parents=True, exist_ok=True)
+        # A name no other thread or process uses: writers of the same file never share
+        # a temporary file, and a failed write leaves none behind.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
         try:
             with open(tmp, "wb") as fh:
