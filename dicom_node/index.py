@@ -121,13 +121,12 @@ class Index:
         items: list[tuple[InstanceRecord, Callable[[], None] | None]],
         now: float | None = None,
         remove: Callable[[str], None] | None = None,
-        before_commit: Callable[[], None] | None = None,
         ready: Callable[[], None] | None = None,
         durable: bool = True,
     ) -> list[tuple[bool, str | None]]:
         """``record`` for several instances in one write transaction (a group
         commit: one commit, and so one fsync of the index, for all of them), in
-        order; ``before_commit`` runs last inside it.
+        order.
         ``ready`` runs before any ``place`` (the received files' fsyncs): on
         PostgreSQL once the batch's calls are on their way, so the server works
         while the files are synced; on SQLite before the transaction begins.
@@ -136,7 +135,7 @@ class Index:
         back all of them."""
         now = time.time() if now is None else now
         if self.db.dialect == "postgresql":
-            return self._record_in_server(items, now, remove, before_commit, ready)
+            return self._record_in_server(items, now, remove, ready)
         if ready is not None:
             ready()
         with self.db.transaction(durable=durable) as conn:
@@ -148,8 +147,6 @@ class Index:
             for key in sorted({f"series {rec.series_uid}" for rec, _ in items}):
                 self.db.lock(conn, key)
             results = [self._record(conn, rec, now, place, remove) for rec, place in items]
-            if before_commit is not None:
-                before_commit()
             return results
 
     def _record(
@@ -205,7 +202,6 @@ class Index:
         items: list[tuple[InstanceRecord, Callable[[], None] | None]],
         now: float,
         remove: Callable[[str], None] | None,
-        before_commit: Callable[[], None] | None,
         ready: Callable[[], None] | None,
     ) -> list[tuple[bool, str | None]]:
         """``record_batch`` on PostgreSQL: ``_record``'s statements run in the
@@ -249,8 +245,6 @@ class Index:
                     "UPDATE series SET facts = ?, facts_rev = ? WHERE series_uid = ?",
                     (json.dumps(facts), rev, series_uid),
                 )
-            if before_commit is not None:
-                before_commit()
         for series_uid, (rev, facts) in seen.items():  # committed
             self._cache(series_uid, rev, facts)
         return results
