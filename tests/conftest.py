@@ -111,6 +111,11 @@ class ModuleEngineScheduling(LoadScopeScheduling):
         module = nodeid.split("::", 1)[0]
         params = re.search(r"\[([^\[]*)\]$", nodeid)
         engines = [p for p in params.group(1).split("-") if p in ENGINES] if params else []
+        if _uses_lung_site(module):
+            # One group per engine for every module on the shared site, so that one
+            # process starts it (tests/integration/conftest.py). one_engine: SQLite.
+            engine = engines[0] if engines else ENGINES[0] if _both() else ""
+            return f"lung_site-{engine}" if engine else "lung_site"
         return f"{module}-{engines[0]}" if engines else module
 
 
@@ -128,7 +133,8 @@ def _slow_first(item) -> int:
 
 def _follows_the_test_database(item) -> bool:
     """Tests whose node tables live where DICOM_NODE_TEST_DATABASE says: every test of
-    a module that starts nodes (NodeProcess) or opens the suite's database. The
+    a module that starts nodes (NodeProcess), uses a shared site's (``lung_site``,
+    tests/integration/conftest.py) or opens the suite's database. The
     PostgreSQL run of scripts/test.sh runs these (``node_tables``); the others
     never open the node's tables (pipelines, validators, CLI checks of files), or
     already run on both engines in every run (the ``open_db`` fixture)."""
@@ -136,11 +142,17 @@ def _follows_the_test_database(item) -> bool:
 
 
 @functools.cache
+def _uses_lung_site(module: str) -> bool:
+    path = Path(__file__).parent.parent / module
+    return path.exists() and "lung_site" in path.read_text()
+
+
+@functools.cache
 def _uses_test_database(path: str) -> bool:
     text = Path(path).read_text()
     if "PrivateServer(" in text:  # its nodes use a PostgreSQL server of their own
         return False
-    return "NodeProcess" in text or "suite_database(" in text
+    return any(mark in text for mark in ("NodeProcess", "suite_database(", "lung_site"))
 
 
 def _check_module_fixtures(item) -> None:

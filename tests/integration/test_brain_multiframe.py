@@ -16,10 +16,10 @@ from pydicom.dataset import Dataset
 from pipelines.registry import discover
 from pipelines.runner import read_series, run_series
 from pipelines.uids import DerivedUids
-from tests.integration.test_end_to_end import shipped_config
 from tests.support import brain_mr
 from tests.support.enhanced import FrameOptions, enhanced, pixelmed_legacy, write
-from tests.support.peers import NodeProcess, Storescp, storescu
+from tests.support.lung_site import LungSite
+from tests.support.peers import storescu
 from tests.support.validators import errors_in_seg, errors_in_sr
 from tests.support.wait import wait_for
 
@@ -106,29 +106,27 @@ def test_multiframe_t1_head_gives_the_brain_with_frame_references(
 
 
 def test_a_node_routes_an_enhanced_mr_head_to_brain_t1_and_delivers_seg_and_sr(
-    brain: brain_mr.BrainSeries, tmp_path: Path
+    lung_site: LungSite, brain: brain_mr.BrainSeries, tmp_path: Path
 ) -> None:
-    """One Enhanced MR instance sent by storescu to a node on the shipped config.yaml:
-    the t1-brain-mr rule picks it (SOP class, NumberOfFrames), the results reach the
-    archive and pass both validators."""
+    """One Enhanced MR instance sent by storescu to a node on the shipped config.yaml
+    (the shared end-to-end site): the t1-brain-mr rule picks it (SOP class,
+    NumberOfFrames), the results reach the archive and pass both validators."""
     files = _enhanced_mr(brain, tmp_path / "multiframe")
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
-    archive = Storescp(tmp_path / "archive").start()
-    node = NodeProcess(tmp_path / "node", shipped_config(archive.aet, archive.port)).start()
-    try:
-        assert storescu(node.port, files, extra=["-R"]).returncode == 0
-        wait_for(lambda: len(archive.files()) >= 2, 300, "SEG and SR at the archive", poll=1.0)
-        by_modality = {str(pydicom.dcmread(p).Modality): p for p in archive.files()}
-        assert errors_in_seg(by_modality["SEG"]) == []
-        assert errors_in_sr(by_modality["SR"]) == []
-        seg = pydicom.dcmread(by_modality["SEG"])
-        found = _masks_by_classic_instance(seg, sources, brain)
-        empty = np.zeros_like(next(iter(brain.masks.values())))
-        got = np.stack([found.get(uid, empty) for uid in brain.masks])
-        assert brain_mr.dice(got, np.stack(list(brain.masks.values()))) >= 0.90
-        [job] = node.status()["recent_jobs"]
-        assert job["pipeline"] == "brain-t1" and job["state"] == "done"
-    finally:
-        code = node.stop()
-        archive.stop()
-    assert code == 0, node.log()
+    archive, node = lung_site.archive, lung_site.node
+    study = str(sources[0].StudyInstanceUID)
+    assert storescu(node.port, files, extra=["-R"]).returncode == 0
+    ids = wait_for(lambda: archive.result_ids(study), 300,
+                   "SEG and SR in Orthanc", poll=1.0)  # fmt: skip
+    paths = {m: tmp_path / f"{m}.dcm" for m in ids}
+    for modality, path in paths.items():
+        path.write_bytes(archive.file(ids[modality]))
+    assert errors_in_seg(paths["SEG"]) == []
+    assert errors_in_sr(paths["SR"]) == []
+    seg = pydicom.dcmread(paths["SEG"])
+    found = _masks_by_classic_instance(seg, sources, brain)
+    empty = np.zeros_like(next(iter(brain.masks.values())))
+    got = np.stack([found.get(uid, empty) for uid in brain.masks])
+    assert brain_mr.dice(got, np.stack(list(brain.masks.values()))) >= 0.90
+    [job] = lung_site.job_of(study, node.status())
+    assert job["pipeline"] == "brain-t1" and job["state"] == "done"

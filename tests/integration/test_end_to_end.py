@@ -13,28 +13,15 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-import yaml
 
 from tests.support.compressed import SYNTAXES, convert
 from tests.support.ct_series import SENTINEL_PATIENT, SeriesOptions, write_ct_series
-from tests.support.peers import NodeProcess, Orthanc, Redis, Storescp, stop_together, storescu
+from tests.support.lung_site import UNUSABLE, LungSite, shipped_config
+from tests.support.peers import NodeProcess, Redis, Storescp, stop_together, storescu
 from tests.support.phantom import make_chest_phantom
 from tests.support.results import LEFT_LUNG, RIGHT_LUNG, dice, seg_labels, sr_measurements
 from tests.support.validators import errors_in_seg, errors_in_sr
 from tests.support.wait import wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shipped_config(archive_aet: str, archive_port: int, **node: Any) -> dict[str, Any]:
-    """The repository's config.yaml with only contract keys changed."""
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["node"].update({"stable_after_seconds": 2, **node})
-    config["storage"]["dir"] = "var"
-    config["destinations"]["archive"].update(
-        {"ae_title": archive_aet, "host": "127.0.0.1", "port": archive_port}
-    )
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -82,41 +69,30 @@ def assert_valid(paths: list[Path]) -> None:
         ),
     ],
 )
-def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(tmp_path, phantom, syntax):
+def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(
+    lung_site: LungSite, tmp_path: Path, phantom: Any, syntax: Any
+) -> None:
     """``syntax``: the PACS holds the study compressed and, like many, never
     transcodes: the node receives it as it is and the pipeline decodes it."""
-    archive = Orthanc(tmp_path / "orthanc")
-    node = NodeProcess(tmp_path / "node", {})
-    modality = {"AET": "DICOM-NODE", "Host": "127.0.0.1", "Port": node.port,
-                "AllowTranscoding": False}  # fmt: skip
-    archive.start(modalities={"node": modality})
-    try:
-        node.config = shipped_config(archive.aet, archive.dicom_port)
-        node.start()
-        series = write_ct_series(
-            tmp_path / "ct", phantom.hu, SeriesOptions(spacing=phantom.spacing)
-        )
-        files = series.paths
-        if syntax is not None:
-            files = [convert(syntax, p, tmp_path / "stored" / p.name) for p in series.paths]
-        uploaded = [archive.upload(p) for p in files]
-        archive.push("node", uploaded[0]["ParentStudy"])
-        ids = wait_for(lambda: archive.result_ids(series.study_uid), 240,
-                       "SEG and SR in Orthanc", poll=1.0)  # fmt: skip
-        seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
-        seg_path.write_bytes(archive.file(ids["SEG"]))
-        sr_path.write_bytes(archive.file(ids["SR"]))
-        check_results(seg_path, sr_path, series, phantom)
-        status = node.status()
-        [job] = status["recent_jobs"]
-        assert job["state"] == "done" and set(job["timings"]) >= {"load", "infer", "encode"}
-        node.wait_status(lambda s: s["outbox"] == {"sent": 2}, 30, "outbox to drain")
-        log = node.log()
-        assert all(value not in log for value in SENTINEL_PATIENT.values())
-    finally:
-        code = node.stop()
-        archive.stop()
-    assert code == 0, node.log()
+    archive, node = lung_site.archive, lung_site.node
+    sent = lung_site.sent()
+    series = write_ct_series(tmp_path / "ct", phantom.hu, SeriesOptions(spacing=phantom.spacing))
+    files = series.paths
+    if syntax is not None:
+        files = [convert(syntax, p, tmp_path / "stored" / p.name) for p in series.paths]
+    uploaded = [archive.upload(p) for p in files]
+    archive.push("node", uploaded[0]["ParentStudy"])
+    ids = wait_for(lambda: archive.result_ids(series.study_uid), 240,
+                   "SEG and SR in Orthanc", poll=1.0)  # fmt: skip
+    seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+    seg_path.write_bytes(archive.file(ids["SEG"]))
+    sr_path.write_bytes(archive.file(ids["SR"]))
+    check_results(seg_path, sr_path, series, phantom)
+    [job] = lung_site.job_of(series.study_uid, node.status())
+    assert job["state"] == "done" and set(job["timings"]) >= {"load", "infer", "encode"}
+    node.wait_status(lambda s: s["outbox"] == {"sent": sent + 2}, 30, "outbox to drain")
+    log = node.log()
+    assert all(value not in log for value in SENTINEL_PATIENT.values())
 
 
 @pytest.mark.one_engine("Redis mode's job table runs on PostgreSQL in test_faults")
@@ -146,35 +122,40 @@ def test_redis_mode_runs_inference_in_separate_worker_processes(tmp_path, phanto
     assert codes[0] == 0, node.log()
 
 
-def test_series_the_pipeline_cannot_use_end_skipped_with_a_reason(tmp_path, phantom):
-    archive = Storescp(tmp_path / "archive").start()
-    config = shipped_config(archive.aet, archive.port)
-    config["rules"] = [
-        {"name": "everything", "match": {}, "pipeline": "lung-ct", "destinations": ["archive"]}
-    ]
-    node = NodeProcess(tmp_path / "node", config).start()
-    try:
-        mr = write_ct_series(
-            tmp_path / "mr", phantom.hu[::10], SeriesOptions(spacing=(25.0, *phantom.spacing[1:]))
-        )
-        for path in mr.paths:
-            ds = pydicom.dcmread(path)
-            ds.Modality = "MR"
-            ds.save_as(path)
-        one = write_ct_series(
-            tmp_path / "one", phantom.hu[30:31], SeriesOptions(spacing=phantom.spacing)
-        )
-        assert storescu(node.port, [*mr.paths, *one.paths]).returncode == 0
-        status = node.wait_status(lambda s: s["jobs"].get("skipped") == 2, 120, "two skipped jobs")
-        reasons = sorted(j["reason"] for j in status["recent_jobs"])
-        assert any("(0008,0060) Modality" in r and "MR" in r for r in reasons), reasons
-        assert any("slice" in r or "instance" in r for r in reasons), reasons
-        assert archive.files() == []
-        assert storescu(node.port, one.paths).returncode == 0, "the node keeps serving"
-    finally:
-        code = node.stop()
-        archive.stop()
-    assert code == 0
+def test_series_the_pipeline_cannot_use_end_skipped_with_a_reason(
+    lung_site: LungSite, tmp_path: Path, phantom: Any
+) -> None:
+    """An MR series and a one-slice CT, which a rule sends to lung-ct: both jobs end
+    skipped with a reason, nothing reaches the archive, and the node keeps serving."""
+    node = lung_site.node
+    mr = write_ct_series(
+        tmp_path / "mr",
+        phantom.hu[::10],
+        SeriesOptions(spacing=(25.0, *phantom.spacing[1:]), series_description=UNUSABLE),
+    )
+    for path in mr.paths:
+        ds = pydicom.dcmread(path)
+        ds.Modality = "MR"
+        ds.save_as(path)
+    one = write_ct_series(
+        tmp_path / "one",
+        phantom.hu[30:31],
+        SeriesOptions(spacing=phantom.spacing, series_description=UNUSABLE),
+    )
+    assert storescu(node.port, [*mr.paths, *one.paths]).returncode == 0
+
+    def skipped(status: dict[str, Any]) -> bool:
+        jobs = lung_site.job_of(mr.study_uid, status) + lung_site.job_of(one.study_uid, status)
+        return len(jobs) == 2 and all(j["state"] == "skipped" for j in jobs)
+
+    status = node.wait_status(skipped, 120, "two skipped jobs")
+    jobs = lung_site.job_of(mr.study_uid, status) + lung_site.job_of(one.study_uid, status)
+    reasons = sorted(j["reason"] for j in jobs)
+    assert any("(0008,0060) Modality" in r and "MR" in r for r in reasons), reasons
+    assert any("slice" in r or "instance" in r for r in reasons), reasons
+    for study in (mr.study_uid, one.study_uid):
+        assert lung_site.archive.result_counts(study) == {}
+    assert storescu(node.port, one.paths).returncode == 0, "the node keeps serving"
 
 
 def test_node_killed_mid_job_comes_back_and_still_delivers(tmp_path, phantom):

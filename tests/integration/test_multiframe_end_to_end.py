@@ -23,7 +23,6 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.integration.test_end_to_end import shipped_config
 from tests.support.compressed import SYNTAXES, convert
 from tests.support.ct_series import (
     SENTINEL_PATIENT,
@@ -33,7 +32,8 @@ from tests.support.ct_series import (
     write_ct_series,
 )
 from tests.support.enhanced import FrameOptions, enhanced, pixelmed_legacy, write
-from tests.support.peers import NodeProcess, Orthanc, Storescp, storescu
+from tests.support.lung_site import LungSite
+from tests.support.peers import storescu
 from tests.support.phantom import make_chest_phantom
 from tests.support.results import LABEL_OF_CODE, dice, sr_measurements
 from tests.support.validators import errors_in_seg, errors_in_sr
@@ -97,7 +97,7 @@ def seg_labels_by_frame(seg: Dataset, sources: list[Dataset], shape: Any, z0: fl
 @pytest.mark.one_engine("frames are decoded and referenced by the pipeline")
 @pytest.mark.parametrize("producer", PRODUCERS.values(), ids=PRODUCERS.keys())
 def test_multiframe_chest_ct_sent_by_storescu_gets_seg_and_sr_in_the_archive(
-    tmp_path: Path, phantom: Any, producer: Any
+    lung_site: LungSite, tmp_path: Path, phantom: Any, producer: Any
 ) -> None:
     make, proposal = producer
     series = write_ct_series(tmp_path / "classic", phantom.hu,
@@ -105,44 +105,38 @@ def test_multiframe_chest_ct_sent_by_storescu_gets_seg_and_sr_in_the_archive(
     files = make(tmp_path / "classic", tmp_path / "multiframe")
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     assert all(int(ds.NumberOfFrames) > 1 for ds in sources)
-    archive = Orthanc(tmp_path / "orthanc").start()
-    node = NodeProcess(tmp_path / "node", shipped_config(archive.aet, archive.dicom_port))
-    try:
-        node.start()
-        sent = storescu(node.port, files, extra=proposal)
-        assert sent.returncode == 0, sent.stderr
-        ids = wait_for(lambda: archive.result_ids(series.study_uid), 300,
-                       "SEG and SR in Orthanc", poll=1.0)  # fmt: skip
-        seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
-        seg_path.write_bytes(archive.file(ids["SEG"]))
-        sr_path.write_bytes(archive.file(ids["SR"]))
-        assert errors_in_seg(seg_path) == []
-        assert errors_in_sr(sr_path) == []
-        seg, sr = pydicom.dcmread(seg_path), pydicom.dcmread(sr_path)
-        assert {str(i.ReferencedSOPInstanceUID) for i in seg.SourceImageSequence} == {
-            str(ds.SOPInstanceUID) for ds in sources
-        }
-        z0, dz = -300.0, phantom.spacing[0]  # SeriesOptions' origin and spacing
-        labels = seg_labels_by_frame(seg, sources, phantom.truth.shape, z0, dz)
-        voxel_ml = float(np.prod(phantom.spacing)) / 1000.0
-        found = sr_measurements(sr)
-        for label, name in ((2, "Right lung"), (3, "Left lung")):
-            assert dice(labels == label, phantom.truth == label) >= 0.95, name
-            truth_ml = float((phantom.truth == label).sum()) * voxel_ml
-            assert abs(found[name]["Volume"][0] - truth_ml) / truth_ml < 0.05, name
-        [job] = node.status()["recent_jobs"]
-        assert job["state"] == "done"
-        node.wait_status(lambda s: s["outbox"] == {"sent": 2}, 60, "outbox to drain")
-        log = node.log()
-        assert all(value not in log for value in SENTINEL_PATIENT.values())
-    finally:
-        code = node.stop()
-        archive.stop()
-    assert code == 0, node.log()
+    archive, node = lung_site.archive, lung_site.node
+    before = lung_site.sent()
+    sent = storescu(node.port, files, extra=proposal)
+    assert sent.returncode == 0, sent.stderr
+    ids = wait_for(lambda: archive.result_ids(series.study_uid), 300,
+                   "SEG and SR in Orthanc", poll=1.0)  # fmt: skip
+    seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+    seg_path.write_bytes(archive.file(ids["SEG"]))
+    sr_path.write_bytes(archive.file(ids["SR"]))
+    assert errors_in_seg(seg_path) == []
+    assert errors_in_sr(sr_path) == []
+    seg, sr = pydicom.dcmread(seg_path), pydicom.dcmread(sr_path)
+    assert {str(i.ReferencedSOPInstanceUID) for i in seg.SourceImageSequence} == {
+        str(ds.SOPInstanceUID) for ds in sources
+    }
+    z0, dz = -300.0, phantom.spacing[0]  # SeriesOptions' origin and spacing
+    labels = seg_labels_by_frame(seg, sources, phantom.truth.shape, z0, dz)
+    voxel_ml = float(np.prod(phantom.spacing)) / 1000.0
+    found = sr_measurements(sr)
+    for label, name in ((2, "Right lung"), (3, "Left lung")):
+        assert dice(labels == label, phantom.truth == label) >= 0.95, name
+        truth_ml = float((phantom.truth == label).sum()) * voxel_ml
+        assert abs(found[name]["Volume"][0] - truth_ml) / truth_ml < 0.05, name
+    [job] = lung_site.job_of(series.study_uid, node.status())
+    assert job["state"] == "done"
+    node.wait_status(lambda s: s["outbox"] == {"sent": before + 2}, 60, "outbox to drain")
+    log = node.log()
+    assert all(value not in log for value in SENTINEL_PATIENT.values())
 
 
 def test_a_multiframe_series_that_cannot_form_a_volume_is_skipped_with_a_reason(
-    tmp_path: Path,
+    lung_site: LungSite, tmp_path: Path
 ) -> None:
     """Two frames at one position: the job ends skipped, the reason names the
     attribute, its tag and the frames; no patient value in the reason or the log."""
@@ -151,18 +145,18 @@ def test_a_multiframe_series_that_cannot_form_a_volume_is_skipped_with_a_reason(
     groups = ds.PerFrameFunctionalGroupsSequence
     groups[7].PlanePositionSequence = copy.deepcopy(groups[6].PlanePositionSequence)
     files = write([ds], tmp_path / "multiframe")
-    archive = Storescp(tmp_path / "archive").start()
-    node = NodeProcess(tmp_path / "node", shipped_config(archive.aet, archive.port)).start()
-    try:
-        assert storescu(node.port, files, extra=["-R"]).returncode == 0
-        status = node.wait_status(lambda s: s["jobs"].get("skipped") == 1, 240, "a skipped job")
-        [job] = status["recent_jobs"]
-        assert "(0020,9113) PlanePositionSequence > (0020,0032) ImagePositionPatient is the " \
-            "same for frame 7 and frame 8; duplicate slices" in job["reason"]  # fmt: skip
-        assert archive.files() == []
-        log = node.log() + job["reason"]
-        assert all(value not in log for value in SENTINEL_PATIENT.values())
-    finally:
-        code = node.stop()
-        archive.stop()
-    assert code == 0
+    node = lung_site.node
+    study = str(ds.StudyInstanceUID)
+    assert storescu(node.port, files, extra=["-R"]).returncode == 0
+
+    def skipped(status: dict[str, Any]) -> bool:
+        jobs = lung_site.job_of(study, status)
+        return len(jobs) == 1 and jobs[0]["state"] == "skipped"
+
+    status = node.wait_status(skipped, 240, "a skipped job")
+    [job] = lung_site.job_of(study, status)
+    assert "(0020,9113) PlanePositionSequence > (0020,0032) ImagePositionPatient is the " \
+        "same for frame 7 and frame 8; duplicate slices" in job["reason"]  # fmt: skip
+    assert lung_site.archive.result_counts(study) == {}
+    log = node.log() + job["reason"]
+    assert all(value not in log for value in SENTINEL_PATIENT.values())
