@@ -4,6 +4,7 @@ backlog, a job runs only on workers of its device class, and Celery's own tools
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -142,20 +143,26 @@ def test_celery_inspect_sees_redis_mode_workers_and_their_running_task(lanes: La
     require("redis-server")
     lanes.worker("--queues", "gpu,cpu")
 
-    def inspect(what: str) -> str:
+    def inspect(what: str, *options: str) -> str:
         result = subprocess.run(
             [sys.executable, "-m", "celery", "--broker", lanes.redis.url, "inspect", what,
-             "--timeout", "5"],
-            capture_output=True, text=True, timeout=60,
+             *options],
+            capture_output=True, text=True, timeout=90,
         )  # fmt: skip
         return result.stdout + result.stderr
 
-    wait_for(lambda: "pong" in inspect("ping"), 60, "a worker to answer celery inspect ping")
+    # Asked of every worker, inspect waits out its whole timeout; asked of one
+    # (--destination), it returns with that worker's reply.
+    def ping() -> re.Match[str] | None:
+        return re.search(r"->\s+(\S+@\S+): OK\s+pong", inspect("ping", "--timeout", "1"))
+
+    pong = wait_for(ping, 60, "a worker to answer celery inspect ping")
+    worker = ["--destination", pong.group(1), "--timeout", "30"]
     study = lanes.push("LONG model")
     lanes.wait_state(study, {"running"})
-    active = inspect("active")
+    active = inspect("active", *worker)
     assert "dicom_node.run_job" in active, active
-    queues = inspect("active_queues")
+    queues = inspect("active_queues", *worker)
     assert "dicom-node.gpu.urgent" in queues and "dicom-node.cpu.offpeak" in queues, queues
     (lanes.node.folder / RELEASE).touch()  # the worker's folder: its job may end
     lanes.wait_state(study, {"skipped"})
