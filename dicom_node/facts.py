@@ -105,7 +105,7 @@ def _vr(tag: int, raw: RawDataElement) -> str | None:
     return _VR_CACHE[tag]
 
 
-def _fast_text(tag: int, raw: Any) -> tuple[bool, str | None]:
+def raw_text(tag: int, raw: Any) -> tuple[bool, str | None]:
     """(handled, text) straight from a raw ASCII text element, without pydicom's
     conversion; not handled: binary, sequences, numbers and non-ASCII text."""
     if not isinstance(raw, RawDataElement):
@@ -148,7 +148,7 @@ def _walk(ds: Dataset, prefix: str, depth: int, out: InstanceFacts) -> None:
         if itag >= 0x7FE00000 or (depth == 0 and itag in SKIPPED):
             continue
         key = f"{prefix}{itag:08X}"
-        handled, text = _fast_text(itag, raws[tag])
+        handled, text = raw_text(itag, raws[tag])
         if handled:
             _add(out, key, text)
             continue

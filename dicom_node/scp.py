@@ -66,7 +66,7 @@ from dicom_node.header import BadInstance, InstanceHeader, read_header
 from dicom_node.index import Index, InstanceRecord
 from dicom_node.peers import LOCAL_LIMIT_EXCEEDED, Rejection, Slot, Slots, admit
 from dicom_node.settings import NodeSettings, ReceiveSettings
-from dicom_node.spool import Spool, UnsafeUid, seal, sealed
+from dicom_node.spool import Checksum, Spool, UnsafeUid, seal, sealed
 
 logger = logging.getLogger(__name__)
 
@@ -296,19 +296,26 @@ class Receiver:
         return 0x0000 if outcome.status == 0 else _status(outcome.status, outcome.comment)
 
     def store(
-        self, path: Path, transfer_syntax: str, sop_class: str, sop_uid: str, origin: Origin
+        self,
+        path: Path,
+        transfer_syntax: str,
+        sop_class: str,
+        sop_uid: str,
+        origin: Origin,
+        checksum: Checksum | None = None,
     ) -> Outcome:
         """Store the received file ``path`` (File Meta, then the data set as sent)
         of a C-STORE request for ``sop_class`` / ``sop_uid``: check, seal, place,
         index; the Outcome to answer. ``path`` is gone after (placed into the spool,
-        or removed). Never raises.
+        or removed). Never raises. ``checksum``: the seal's sum, when the engine
+        computed it as it wrote the file (the native one does).
 
         The seal (a checksum and an fsync) starts at once in a thread of its own
         and runs while the header is read and checked: the two take about as long,
         and the fsync does not hold the interpreter. The instance is placed only
         once it is sealed; a refused one is removed once its seal has ended."""
         sealing = self._sealer().submit(
-            seal, path, origin.sealed(), named=self.spool.from_blank(path)
+            seal, path, origin.sealed(), self.spool.from_blank(path), checksum
         )
         try:
             return self._store(

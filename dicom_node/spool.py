@@ -375,6 +375,41 @@ _SEAL = struct.Struct("<16sQQ96s")
 PREAMBLE = 128
 
 
+class Checksum:
+    """The seal's sum computed while a file is written, so sealing it need not read
+    it back: ``feed`` every byte after the preamble, in order (any slicing)."""
+
+    __slots__ = ("_carry", "_total", "length")
+
+    def __init__(self) -> None:
+        self._total = 0
+        self._carry = b""  # the bytes of a word not yet whole
+        self.length = 0  # bytes fed
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        self.length += len(view)
+        if self._carry:
+            need = 8 - len(self._carry)
+            self._carry += bytes(view[:need])
+            view = view[need:]
+            if len(self._carry) < 8:
+                return
+            self._total += int.from_bytes(self._carry, "little")
+            self._carry = b""
+        whole = len(view) - len(view) % 8
+        if whole:
+            self._total += int(np.frombuffer(view[:whole], "<u8").sum(dtype=np.uint64))
+        if whole < len(view):
+            self._carry = bytes(view[whole:])
+
+    def value(self) -> int:
+        return (self._total + int.from_bytes(self._carry.ljust(8, b"\0"), "little")) & _WORD
+
+
+_WORD = (1 << 64) - 1
+
+
 def _checksum(fd: int, size: int) -> int:
     length = size - PREAMBLE
     buffer = bytearray(-(-length // 8) * 8)
@@ -388,18 +423,28 @@ def _checksum(fd: int, size: int) -> int:
     return int(np.frombuffer(buffer, "<u8").sum(dtype=np.uint64))
 
 
-def seal(path: Path, origin: str = "", named: bool = False) -> None:
+def seal(
+    path: Path, origin: str = "", named: bool = False, checksum: Checksum | None = None
+) -> None:
     """Make a received file (preamble, ``DICM``, File Meta, data set) durable and
     whole by its seal: write the seal into its preamble, fsync the file, and its
     folder too unless its name is durable already (``named``: from ``Blanks``).
-    ``origin``: who sent it, for ``sealed`` to give back (at most 96 ASCII bytes)."""
+    ``origin``: who sent it, for ``sealed`` to give back (at most 96 ASCII bytes).
+    ``checksum``: what was written after the preamble, summed as it was written;
+    without it the file is read back to sum it."""
     fd = os.open(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
         if size < PREAMBLE + 4 or os.pread(fd, 4, PREAMBLE) != b"DICM":
             raise OSError(errno.EINVAL, "a received file has no DICOM preamble to seal")
+        if checksum is None:
+            total = _checksum(fd, size)
+        elif checksum.length + PREAMBLE == size:
+            total = checksum.value()
+        else:
+            raise OSError(errno.EIO, "a received file is not the size of what was written")
         who = origin.encode("ascii", "replace")[:96]
-        os.pwrite(fd, _SEAL.pack(SEAL_MAGIC, size, _checksum(fd, size), who), 0)
+        os.pwrite(fd, _SEAL.pack(SEAL_MAGIC, size, total, who), 0)
         os.fsync(fd)
     finally:
         os.close(fd)

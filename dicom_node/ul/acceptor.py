@@ -36,6 +36,7 @@ from pathlib import Path
 
 from dicom_node.peers import Rejection, Slot
 from dicom_node.scp import CONTEXT_MISMATCH, Origin, Outcome, Receiver
+from dicom_node.spool import PREAMBLE, Checksum
 from dicom_node.ul import pdu
 from dicom_node.ul.dimse import (
     C_ECHO_RQ,
@@ -116,6 +117,7 @@ class _Message:
     fd: int | None = None
     received: int = 0
     refusal: Outcome | None = None
+    checksum: Checksum = field(default_factory=Checksum)  # of what was written
 
 
 @dataclass
@@ -143,8 +145,11 @@ class Association:
         self.config = config
         self.address = address
         self.wrap = wrap
-        self.buffer = bytearray(CHUNK)
-        self.view = memoryview(self.buffer)
+        # What has been received and not yet used: view[lo:hi]. A receive takes
+        # whatever has arrived (up to CHUNK), so one system call usually brings a
+        # PDU's header, its PDV header and its data together.
+        self.view = memoryview(bytearray(CHUNK))
+        self.lo = self.hi = 0
         self.accepted: dict[int, str] = {}  # context ID → transfer syntax
         self.abstract: dict[int, str] = {}  # context ID → abstract syntax (SOP class)
         self.started = 0.0  # when the association was accepted
@@ -237,11 +242,13 @@ class Association:
 
     def _serve(self) -> bool:
         """PDUs until the association ends; True when released."""
+        timeout = None
         while True:
             inside = self.message is not None or bool(self.command)
-            self.sock.settimeout(
-                self.config.dimse_timeout if inside else self.config.network_timeout
-            )
+            wanted = self.config.dimse_timeout if inside else self.config.network_timeout
+            if wanted != timeout:  # each change is a system call
+                self.sock.settimeout(wanted)
+                timeout = wanted
             kind, length = self._read_header()
             if length > self.config.limit:
                 why = f"a PDU of {length} bytes is over the limit of {self.config.limit}"
@@ -315,8 +322,10 @@ class Association:
         try:
             message.path = self.config.blank()
             message.fd = os.open(message.path, os.O_WRONLY)
-            self._write(message.fd, file_meta(command.sop_class, command.sop_instance, syntax,
-                                              self.origin.calling_ae))  # fmt: skip
+            meta = file_meta(command.sop_class, command.sop_instance, syntax,
+                             self.origin.calling_ae)  # fmt: skip
+            self._write(message.fd, meta)
+            message.checksum.feed(memoryview(meta)[PREAMBLE:])
         except OSError as exc:
             self._refuse_write(message, exc)
 
@@ -331,15 +340,15 @@ class Association:
                 self._discard(message)
         message.received += size
         while size:
-            n = self.sock.recv_into(self.buffer, min(size, CHUNK))
-            if n == 0:
-                raise _Closed
-            size -= n
+            part = self._take(size)
+            size -= len(part)
             if message.fd is not None:
                 try:
-                    self._write(message.fd, self.view[:n])
+                    self._write(message.fd, part)
                 except OSError as exc:
                     self._refuse_write(message, exc)
+                else:
+                    message.checksum.feed(part)
         if last:
             self._finish_message(message)
 
@@ -354,7 +363,7 @@ class Association:
             message.fd = None
             outcome = self.receiver.store(message.path, message.transfer_syntax,
                                           command.sop_class, command.sop_instance,
-                                          self.origin)  # fmt: skip
+                                          self.origin, message.checksum)  # fmt: skip
         if outcome.status == 0:
             self.tally.stored += 1
             if outcome.series_uid is not None:
@@ -403,12 +412,24 @@ class Association:
         except pdu.MalformedPDU as exc:
             raise _Abort(exc.reason, str(exc)) from None
 
-    def _fill(self, view: memoryview) -> None:
-        while view:
-            n = self.sock.recv_into(view)
+    def _take(self, size: int) -> memoryview:
+        """At most ``size`` received bytes (receiving when none are left); valid
+        until the next call."""
+        if self.lo == self.hi:
+            n = self.sock.recv_into(self.view)
             if n == 0:
                 raise _Closed
-            view = view[n:]
+            self.lo, self.hi = 0, n
+        end = min(self.hi, self.lo + size)
+        part = self.view[self.lo : end]
+        self.lo = end
+        return part
+
+    def _fill(self, view: memoryview) -> None:
+        while view:
+            part = self._take(len(view))
+            view[: len(part)] = part
+            view = view[len(part) :]
 
     def _read(self, size: int) -> bytes:
         data = bytearray(size)

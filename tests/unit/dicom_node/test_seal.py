@@ -5,17 +5,20 @@ the seal. A file whose seal is missing or does not match is never filed."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dicom_node.facts import instance_facts
 from dicom_node.header import read_header
 from dicom_node.index import Index, InstanceRecord
 from dicom_node.scp import Origin, instance_record, reconcile_spool
-from dicom_node.spool import Spool, seal, sealed
+from dicom_node.spool import Checksum, Spool, seal, sealed
 from tests.support.ct_series import write_ct_series
 
 GONE = 4_194_304 + 77  # above Linux's largest pid: no process has it
@@ -151,3 +154,32 @@ def test_a_folder_of_an_earlier_boot_is_left_behind_even_if_its_pid_lives_again(
     reconcile_spool(spool, index, min_age=0)
     assert index.counts()["instances"] == 1
     assert not before_reboot.exists()
+
+
+@given(data=st.binary(min_size=4, max_size=300), cuts=st.lists(st.integers(0, 300), max_size=6))
+def test_the_sum_made_while_writing_equals_the_sum_read_back_however_the_bytes_are_sliced(
+    tmp_path_factory, data, cuts
+):
+    folder = tmp_path_factory.mktemp("sum")
+    body = b"DICM" + data
+    made, written = Checksum(), folder / "made.dcm"
+    edges = sorted({0, len(body), *(c for c in cuts if c < len(body))})
+    for start, end in itertools.pairwise(edges):
+        made.feed(memoryview(body)[start:end])
+    written.write_bytes(bytes(128) + body)
+    read_back = folder / "read.dcm"
+    read_back.write_bytes(bytes(128) + body)
+    seal(written, "A", checksum=made)
+    seal(read_back, "A")
+    assert written.read_bytes() == read_back.read_bytes()
+    assert sealed(written) == "A"
+
+
+def test_a_file_that_is_not_what_was_summed_is_not_sealed(tmp_path):
+    path = tmp_path / "a.dcm"
+    path.write_bytes(bytes(128) + b"DICM" + b"x" * 100)
+    made = Checksum()
+    made.feed(b"DICM" + b"x" * 99)  # one byte fewer than the file holds
+    with pytest.raises(OSError):
+        seal(path, "A", checksum=made)
+    assert sealed(path) is None
