@@ -32,7 +32,14 @@ from dicom_node.outbox import Outbox, Sender
 from dicom_node.presence import presence_for
 from dicom_node.receivers import ReceiverProcesses
 from dicom_node.retention import purge_sources
-from dicom_node.scp import ORPHAN_AGE, Receiver, Server, reconcile_spool, start_servers
+from dicom_node.scp import (
+    ORPHAN_AGE,
+    Receiver,
+    Server,
+    reconcile_spool,
+    start_servers,
+    stop_servers,
+)
 from dicom_node.settings import ConfigError, Settings, check_pipeline_names, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import open_database
@@ -286,12 +293,13 @@ class Node:
         self.sender.run_forever(self.stop_event)
 
     def stop(self) -> None:
-        logger.info("stopping: no new associations")
-        for server in (self.server, self.tls_server):
-            if server is not None:
-                server.shutdown()
+        drain = self.settings.receive.drain_seconds
+        logger.info("stopping: no new associations; %g s for those in progress to end", drain)
+        if self.receivers is not None:  # they drain too, meanwhile
+            self.receivers.signal_stop()
+        stop_servers([s for s in (self.server, self.tls_server) if s is not None], drain)
         if self.receivers is not None:
-            self.receivers.stop()
+            self.receivers.stop(timeout=drain + 30)
         self.stop_event.set()
         self._tick.set()
         self.sender.wake.set()

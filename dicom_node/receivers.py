@@ -29,7 +29,7 @@ from pathlib import Path
 
 from dicom_node.index import Index
 from dicom_node.presence import presence_for
-from dicom_node.scp import Receiver, start_servers
+from dicom_node.scp import Receiver, start_servers, stop_servers
 from dicom_node.settings import Settings, load_settings
 from dicom_node.spool import Spool
 from dicom_node.state import open_database
@@ -73,10 +73,14 @@ class ReceiverProcesses:
                 del self.dead_since[i]
                 self.procs[i] = subprocess.Popen(self.command)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def signal_stop(self) -> None:
+        """SIGTERM to each: it stops accepting and drains its associations."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.signal_stop()
         deadline = time.monotonic() + timeout
         for proc in self.procs:
             try:
@@ -111,8 +115,7 @@ def serve(
             logger.warning("the node process is gone; receiving process stops")
             break
         presence.keep()
-    for server in servers:
-        server.shutdown()
+    stop_servers(servers, settings.receive.drain_seconds)
     presence.leave()
     db.close()
 

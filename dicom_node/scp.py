@@ -560,6 +560,23 @@ class Server(Protocol):
     def shutdown(self) -> None: ...
 
 
+def stop_servers(servers: list[Server], drain: float) -> None:
+    """Stop every listener accepting at once, then give the associations in
+    progress up to ``drain`` seconds in all to end (the native engine's; the
+    pynetdicom engine's are cut when the process exits)."""
+    from dicom_node.ul.server import Listener
+
+    deadline = time.monotonic() + drain
+    for server in servers:
+        if isinstance(server, Listener):
+            server.stop_accepting()
+        else:
+            server.shutdown()
+    for server in servers:
+        if isinstance(server, Listener):
+            server.drain(max(0.0, deadline - time.monotonic()))
+
+
 def start_servers(
     settings: NodeSettings,
     receiver: Receiver,

@@ -144,6 +144,9 @@ class ReceiveSettings(_Section):
     acse_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
     dimse_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
     network_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # On stop (SIGTERM): new associations are refused at once, those in progress get
+    # this long to end (native engine) before their connections are closed.
+    drain_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
     # Concurrent associations one calling AE title (at one address) may hold,
     # across all receiving processes.
     max_associations_per_peer: Annotated[int, Field(ge=1, le=1000)] = 4

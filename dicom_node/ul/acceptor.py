@@ -27,6 +27,7 @@ the association slot always released.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -157,6 +158,9 @@ class Association:
         self.message: _Message | None = None
         self.tally = _Tally()
         self.origin = Origin("", "", address[0], address[1])
+        self.waiting_since: float | None = None  # for the requestor's next message
+        self.closing = False  # our last PDU is sent: waiting for the requestor to close
+        self.stopping = False
 
     # -- the whole association ------------------------------------------------
     def run(self) -> None:
@@ -182,12 +186,15 @@ class Association:
                 "association aborted: no PDU within the timeout", extra=self.origin.log()
             )
             self._send(pdu.encode_abort(pdu.SOURCE_PROVIDER, pdu.REASON_NOT_SPECIFIED))
-        except _Closed:
-            if slot is not None:
+        except (_Closed, OSError) as exc:
+            if self.stopping:
+                logger.info("association closed: the node is stopping", extra=self.origin.log())
+            elif isinstance(exc, OSError):
+                logger.warning("association lost (%s)", type(exc).__name__,
+                               extra=self.origin.log())  # fmt: skip
+            elif slot is not None:
                 logger.warning("association lost: the peer closed the connection",
                                extra=self.origin.log())  # fmt: skip
-        except OSError as exc:
-            logger.warning("association lost (%s)", type(exc).__name__, extra=self.origin.log())
         except Exception as exc:  # boundary: an association thread must end cleanly
             logger.error("association failed (%s)", type(exc).__name__, extra=self.origin.log())
             self._send(pdu.encode_abort(pdu.SOURCE_PROVIDER, pdu.REASON_NOT_SPECIFIED))
@@ -249,7 +256,10 @@ class Association:
             if wanted != timeout:  # each change is a system call
                 self.sock.settimeout(wanted)
                 timeout = wanted
+            if not inside:
+                self.waiting_since = time.monotonic()
             kind, length = self._read_header()
+            self.waiting_since = None
             if length > self.config.limit:
                 why = f"a PDU of {length} bytes is over the limit of {self.config.limit}"
                 raise _Abort(pdu.REASON_INVALID_PARAMETER, why)
@@ -403,6 +413,23 @@ class Association:
             self._discard(self.message)
             self.message = None
 
+    def idle_for(self, now: float) -> float:
+        """Seconds this association has been waiting for its requestor's next
+        message (0 while one is arriving or being answered)."""
+        if self.closing:
+            return math.inf
+        since = self.waiting_since
+        return 0.0 if since is None else now - since
+
+    def interrupt(self) -> None:
+        """From another thread: shut the connection down, so this association's
+        thread finds it closed and ends (the node is stopping)."""
+        self.stopping = True
+        try:  # the plain socket's shutdown, also under TLS: no TLS state is touched
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     # -- socket -------------------------------------------------------------------------
     def _read_header(self) -> tuple[int, int]:
         header = bytearray(6)
@@ -448,6 +475,7 @@ class Association:
         ``LINGER`` seconds, draining what still arrives: closing first could reset
         the connection with our last PDU still unread by the peer (a rejected
         requestor would then see a lost connection, not the rejection)."""
+        self.closing = True
         try:
             self.sock.shutdown(socket.SHUT_WR)
             linger = min(self.config.acse_timeout, self.LINGER)

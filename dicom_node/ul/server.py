@@ -7,6 +7,15 @@ wrapped in the association's thread, so a slow handshake holds up no one.
 Connections beyond ``node.max_associations`` + ``SPARE`` in flight are closed
 at once: the association slots (``peers.Slots``) reject with a reason, this
 only bounds threads for connections that never send an A-ASSOCIATE-RQ.
+
+Stopping (``shutdown``): the listening socket closes first, so new connections
+are refused, then the associations in progress get ``drain`` seconds to end as
+their requestors release them. One that waits for its requestor's next message
+for more than ``IDLE_CUT`` seconds is closed then (a PACS may keep an association
+open for reuse; it opens a new one later), the others once the time is up. A
+closed association's thread removes its partial data set, if any, and ends; an
+instance being stored at that moment is still stored and indexed, only its
+answer is lost, so the sender sends it again.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 
 from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION, Receiver
 from dicom_node.settings import NodeSettings, ReceiveSettings
@@ -23,6 +33,7 @@ from dicom_node.ul.acceptor import AcceptorConfig, Association
 logger = logging.getLogger(__name__)
 
 SPARE = 32
+IDLE_CUT = 1.0  # seconds without a message after which stopping closes an association
 
 
 def acceptor_config(receiver: Receiver, receive: ReceiveSettings) -> AcceptorConfig:
@@ -67,6 +78,8 @@ class Listener:
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         self._stop = threading.Event()
         self._room = threading.BoundedSemaphore(settings.max_associations + SPARE)
+        self._active: set[Association] = set()
+        self._ended = threading.Condition()
         self._thread = threading.Thread(target=self._accept_loop, name="ul-listener", daemon=True)
         self._thread.start()
 
@@ -92,6 +105,7 @@ class Listener:
                              daemon=True).start()  # fmt: skip
 
     def _run(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        association: Association | None = None
         try:
             wrap = None
             if self.ssl_context is not None:
@@ -100,12 +114,47 @@ class Listener:
                 def wrap(sock: socket.socket) -> socket.socket:
                     return context.wrap_socket(sock, server_side=True)
 
-            Association(conn, self.receiver, self.config, address, wrap).run()
+            association = Association(conn, self.receiver, self.config, address, wrap)
+            with self._ended:
+                self._active.add(association)
+            association.run()
         finally:
+            with self._ended:
+                if association is not None:
+                    self._active.discard(association)
+                self._ended.notify_all()
             self._room.release()
 
-    def shutdown(self) -> None:
-        """Stop accepting; associations in progress run to their end."""
+    def stop_accepting(self) -> None:
+        """Close the listening socket: new connections are refused from now on."""
         self._stop.set()
         self._thread.join()
         self.socket.close()
+
+    def drain(self, seconds: float) -> int:
+        """Wait up to ``seconds`` for the associations in progress to end, then
+        shut the connections of the others down and wait (a few seconds at most)
+        for their threads to end; the number that had to be cut."""
+        deadline = time.monotonic() + seconds
+        cut: set[Association] = set()
+        with self._ended:
+            while self._active - cut and (now := time.monotonic()) < deadline:
+                idle = {a for a in self._active - cut if a.idle_for(now) >= IDLE_CUT}
+                for association in idle:
+                    association.interrupt()
+                cut |= idle
+                self._ended.wait(min(0.2, deadline - now))
+            busy = self._active - cut
+        for association in busy:
+            association.interrupt()
+        with self._ended:
+            self._ended.wait_for(lambda: not self._active, timeout=5.0)
+        if busy:
+            logger.warning("stopping: %d association(s) still in progress were closed",
+                           len(busy))  # fmt: skip
+        return len(busy)
+
+    def shutdown(self, drain: float = 0.0) -> None:
+        """Stop accepting, then drain (``drain`` seconds at most)."""
+        self.stop_accepting()
+        self.drain(drain)

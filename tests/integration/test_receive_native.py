@@ -5,6 +5,7 @@ pynetdicom fallback engine."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 
@@ -16,7 +17,7 @@ from dicom_node.header import meta_end
 from dicom_node.ul import dimse, pdu
 from tests.support.ct_series import SeriesOptions, write_ct_series
 from tests.support.hostile import ct_dataset, encode, write_raw
-from tests.support.peers import NodeProcess, echoscu, received_files, storescu
+from tests.support.peers import NodeProcess, echoscu, port_open, received_files, storescu
 from tests.support.wait import wait_for
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -280,3 +281,47 @@ def test_the_pynetdicom_engine_still_receives(tmp_path, series):
         assert proc.status()["index"]["instances"] == len(series.paths)
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+def _store_start(sock: socket.socket, uid: str, data: bytes, sent: int) -> None:
+    command = dimse.Command(dimse.C_STORE_RQ, 1, CT, uid, True)
+    sock.sendall(pdu.encode_p_data([(1, 0x03, dimse.encode_request(command))]))
+    sock.sendall(pdu.encode_p_data([(1, 0x00, data[:sent])]))
+
+
+def test_stopping_refuses_new_associations_and_lets_those_in_progress_finish(tmp_path):
+    """SIGTERM while a PACS pushes: its data set in flight is received and
+    answered, its association released; an idle association is closed at once;
+    one that does not finish within receive.drain_seconds is closed then, its
+    partial data set removed. The node then exits 0."""
+    node = NodeProcess(
+        tmp_path / "n",
+        {"receive": {"drain_seconds": 5}, "storage": {"dir": "var"}, "rules": []},
+    ).start()
+    ct = (pdu.ProposedContext(1, CT, (EXPLICIT,)),)
+    finishing, stalled = associate(node.port, ct), associate(node.port, ct)
+    idle = associate(node.port, (pdu.ProposedContext(1, VERIFICATION, (IMPLICIT,)),))
+    data = {uid: encode(ct_dataset(uid, rows=64)) for uid in ("1.2.3.9.1", "1.2.3.9.2")}
+    _store_start(finishing, "1.2.3.9.1", data["1.2.3.9.1"], 3000)
+    _store_start(stalled, "1.2.3.9.2", data["1.2.3.9.2"], 3000)
+    incoming = node.folder / "var" / "incoming"
+    wait_for(lambda: len(received_files(incoming)) == 2, 10, "both partial files")
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: not port_open(node.port), 10, "new connections refused")
+    assert closes(idle)  # within its 20 s socket timeout: long before the drain ends
+
+    finishing.sendall(pdu.encode_p_data([(1, 0x02, data["1.2.3.9.1"][3000:])]))
+    kind, body = read_pdu(finishing)
+    [(_, _, response)] = pdu.parse_p_data(body)
+    assert dimse.response_status(response) == (0x8001, 0x0000, "")
+    finishing.sendall(pdu.encode_release_rq())
+    assert read_pdu(finishing)[0] == pdu.RELEASE_RP
+    finishing.close()
+
+    assert closes(stalled)  # at the end of the drain
+    assert node.proc.wait(60) == 0, node.log()
+    spool = node.folder / "var" / "spool"
+    assert [p.name for p in spool.rglob("*.dcm")] == ["1.2.3.9.1.dcm"]
+    assert not received_files(incoming)
+    assert "1 association(s) still in progress were closed" in node.log(), node.log()[-1500:]
