@@ -33,7 +33,7 @@ from dicom_node.ul.acceptor import AcceptorConfig, Association
 logger = logging.getLogger(__name__)
 
 SPARE = 32
-IDLE_CUT = 1.0  # seconds without a message after which stopping closes an association
+IDLE_CUT = 0.5  # seconds without a message after which stopping closes an association
 
 
 def acceptor_config(receiver: Receiver, receive: ReceiveSettings) -> AcceptorConfig:
