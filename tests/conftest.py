@@ -14,19 +14,23 @@ TEST_DATABASE = "DICOM_NODE_TEST_DATABASE"
 ENGINES = ("sqlite", "postgresql")
 
 # Modules that take longest (docs/benchmarks.md, "Test suite"), handed out first so
-# that no process is left running one of them while the other idles at the end.
+# that no process is left running one of them while the others idle at the end. The
+# end-to-end, multi-frame and brain multi-frame modules are one group per engine
+# (the shared site, tests/integration/conftest.py).
 SLOW_FIRST = (
-    "integration/test_end_to_end.py",
     "integration/test_faults.py",
-    "integration/test_brain_multiframe.py",
+    "integration/test_end_to_end.py",
     "integration/test_multiframe_end_to_end.py",
-    "integration/test_models_end_to_end.py",
+    "integration/test_brain_multiframe.py",
     "integration/test_result_validators.py",
-    "integration/test_lanes.py",
+    "integration/test_models_end_to_end.py",
     "integration/test_receive_hostile.py",
+    "integration/test_routing_node.py",
     "integration/test_two_nodes.py",
     "unit/pipelines/test_lung_model_other_phantom.py",
     "unit/workers/test_execute.py",
+    "integration/test_lanes.py",
+    "integration/test_reload.py",
 )
 
 
