@@ -137,7 +137,8 @@ def test_a_series_cut_off_mid_push_waits_for_the_senders_retry_and_runs_once_on_
             return node.cli("status", "--study", series.study_uid).stdout
 
         # Quiet for 5 s first; then, instead of acting, it waits for the retry.
-        wait_for(lambda: held in why(), 60, "the series held for the sender's retry")
+        # Each look is a command (a Python start-up, ~1 s of CPU): not every 0.1 s.
+        wait_for(lambda: held in why(), 60, "the series held for the sender's retry", poll=1.0)
         assert not copy.files() and not node.status()["recent_jobs"]
         assert storescu(node.port, series.paths).returncode == 0  # the sender's retry
         wait_for(lambda: len(copy.files()) == 10, 60, "the whole series forwarded")
