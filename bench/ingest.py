@@ -186,10 +186,12 @@ def main() -> int:
 
         def fresh_node(old: NodeProcess | None) -> NodeProcess:
             """A node on an empty spool and index for every push, as storescp writes
-            into an empty folder: every instance is new to both."""
+            into an empty folder: every instance is new to both. The old one's files
+            are removed only at the end: ext4 without a journal (this machine's disk)
+            makes every new inode skip the ones deleted in the last minute, which
+            would slow whichever push came next."""
             if old is not None:
                 old.stop()
-                shutil.rmtree(old.folder, ignore_errors=True)
             fresh = NodeProcess(work / f"node{next(runs)}", dict(config), tree=args.tree).start()
             # Pushed only once it has settled: its embedded worker started (it imports
             # for seconds) and every receiving process listens.
@@ -209,8 +211,8 @@ def main() -> int:
             for name, (files, propose) in sets.items():
                 for assocs in (1, 4):
                     ref = push(scp_port, "STORESCP", files, assocs, propose)
-                    shutil.rmtree(work / "storescp", ignore_errors=True)
-                    (work / "storescp").mkdir()
+                    (work / "storescp").rename(work / f"storescp.{name}.{assocs}")
+                    (work / "storescp").mkdir()  # kept till the end, as the nodes' files
                     node = fresh_node(node)
                     floor = durable_floor(node.folder / "var" / "floor")
                     got = push(node.port, "DICOM-NODE", files, assocs, propose)
