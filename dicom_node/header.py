@@ -191,22 +191,25 @@ def _check_fragments(fp: BinaryIO, size: int) -> None:
 
 
 def read_header(
-    path: Path, transfer_syntax: str, max_inflated: int
+    path: Path, transfer_syntax: str, max_inflated: int, fd: int | None = None
 ) -> tuple[InstanceHeader, Dataset]:
     """The header of a received file and its data set up to the pixels (values
-    decoded lazily by pydicom); ``BadInstance`` when it cannot be stored."""
-    implicit = transfer_syntax == IMPLICIT_LE
-    little = transfer_syntax != EXPLICIT_BE
-    with open(path, "rb", buffering=0) as file:
-        size = os.fstat(file.fileno()).st_size
-        if size < 144:
-            raise BadInstance(0xC210, "no File Meta Information group length")
-        # Read through a mapping: pydicom asks a file for its position at every
-        # element, which a buffered file answers with a system call (about a
-        # hundred per CT header, each letting other threads take the interpreter).
-        with mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ) as mapped:
-            return _read_mapped(cast(BinaryIO, mapped), size, transfer_syntax, implicit,
-                                little, max_inflated)  # fmt: skip
+    decoded lazily by pydicom); ``BadInstance`` when it cannot be stored.
+    ``fd``: the file already open for reading (left open)."""
+    if fd is None:
+        with open(path, "rb", buffering=0) as file:
+            return read_header(path, transfer_syntax, max_inflated, file.fileno())
+    size = os.fstat(fd).st_size
+    if size < 144:
+        raise BadInstance(0xC210, "no File Meta Information group length")
+    # Read through a mapping: pydicom asks a file for its position at every
+    # element, which a buffered file answers with a system call (about a
+    # hundred per CT header, each letting other threads take the interpreter).
+    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped:
+        implicit = transfer_syntax == IMPLICIT_LE
+        little = transfer_syntax != EXPLICIT_BE
+        return _read_mapped(cast(BinaryIO, mapped), size, transfer_syntax, implicit,
+                            little, max_inflated)  # fmt: skip
 
 
 def _read_mapped(

@@ -424,15 +424,22 @@ def _checksum(fd: int, size: int) -> int:
 
 
 def seal(
-    path: Path, origin: str = "", named: bool = False, checksum: Checksum | None = None
+    path: Path,
+    origin: str = "",
+    named: bool = False,
+    checksum: Checksum | None = None,
+    fd: int | None = None,
 ) -> None:
     """Make a received file (preamble, ``DICM``, File Meta, data set) durable and
     whole by its seal: write the seal into its preamble, fsync the file, and its
     folder too unless its name is durable already (``named``: from ``Blanks``).
     ``origin``: who sent it, for ``sealed`` to give back (at most 96 ASCII bytes).
     ``checksum``: what was written after the preamble, summed as it was written;
-    without it the file is read back to sum it."""
-    fd = os.open(path, os.O_RDWR)
+    without it the file is read back to sum it. ``fd``: the file, open for
+    reading and writing (left open); without it ``path`` is opened."""
+    own = fd is None
+    if fd is None:
+        fd = os.open(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
         if size < PREAMBLE + 4 or os.pread(fd, 4, PREAMBLE) != b"DICM":
@@ -447,7 +454,8 @@ def seal(
         os.pwrite(fd, _SEAL.pack(SEAL_MAGIC, size, total, who), 0)
         os.fsync(fd)
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
     if not named:
         fsync_dir(path.parent)
 

@@ -331,7 +331,7 @@ class Association:
             return
         try:
             message.path = self.config.blank()
-            message.fd = os.open(message.path, os.O_WRONLY)
+            message.fd = os.open(message.path, os.O_RDWR)  # read and sealed through it too
             meta = file_meta(command.sop_class, command.sop_instance, syntax,
                              self.origin.calling_ae)  # fmt: skip
             self._write(message.fd, meta)
@@ -369,11 +369,10 @@ class Association:
             self._discard(message)
             outcome = message.refusal or Outcome(0xA700, "out of resources")
         else:
-            os.close(message.fd)
-            message.fd = None
+            fd, message.fd = message.fd, None  # the receiver's now: it closes it
             outcome = self.receiver.store(message.path, message.transfer_syntax,
                                           command.sop_class, command.sop_instance,
-                                          self.origin, message.checksum)  # fmt: skip
+                                          self.origin, message.checksum, fd)  # fmt: skip
         if outcome.status == 0:
             self.tally.stored += 1
             if outcome.series_uid is not None:
