@@ -374,9 +374,11 @@ class Node:
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, on_signal)
+        # The file's state before the start entry is logged: a change saved once that
+        # entry is there (an operator, a test) is always seen as a change.
+        seen = applied = audit.FileState.of(self.config) if self.config else None
         self.start()
         self._audit("start", [])
-        seen = applied = audit.FileState.of(self.config) if self.config else None
         while not got.wait(0.5):
             if hup.is_set():
                 hup.clear()
