@@ -128,5 +128,5 @@ def test_a_node_routes_an_enhanced_mr_head_to_brain_t1_and_delivers_seg_and_sr(
     empty = np.zeros_like(next(iter(brain.masks.values())))
     got = np.stack([found.get(uid, empty) for uid in brain.masks])
     assert brain_mr.dice(got, np.stack(list(brain.masks.values()))) >= 0.90
-    [job] = lung_site.job_of(study, node.status())
+    [job] = lung_site.jobs_of(study, node.status())
     assert job["pipeline"] == "brain-t1" and job["state"] == "done"

@@ -2,7 +2,9 @@
 
 Orthanc plays the hospital PACS: it holds the study, pushes it to the node by
 C-STORE, and receives the results as the node's ``archive`` destination. The
-node runs from the shipped config.yaml with only contract keys changed.
+node runs from the shipped config.yaml with only contract keys changed (and one rule
+for the series the pipeline cannot use); the tests that do not stop or reconfigure it
+share it (``lung_site``, tests/support/lung_site.py).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def test_orthanc_pushes_a_chest_ct_and_gets_seg_and_sr_back(
     seg_path.write_bytes(archive.file(ids["SEG"]))
     sr_path.write_bytes(archive.file(ids["SR"]))
     check_results(seg_path, sr_path, series, phantom)
-    [job] = lung_site.job_of(series.study_uid, node.status())
+    [job] = lung_site.jobs_of(series.study_uid, node.status())
     assert job["state"] == "done" and set(job["timings"]) >= {"load", "infer", "encode"}
     node.wait_status(lambda s: s["outbox"] == {"sent": sent + 2}, 30, "outbox to drain")
     log = node.log()
@@ -145,11 +147,11 @@ def test_series_the_pipeline_cannot_use_end_skipped_with_a_reason(
     assert storescu(node.port, [*mr.paths, *one.paths]).returncode == 0
 
     def skipped(status: dict[str, Any]) -> bool:
-        jobs = lung_site.job_of(mr.study_uid, status) + lung_site.job_of(one.study_uid, status)
+        jobs = lung_site.jobs_of(mr.study_uid, status) + lung_site.jobs_of(one.study_uid, status)
         return len(jobs) == 2 and all(j["state"] == "skipped" for j in jobs)
 
     status = node.wait_status(skipped, 120, "two skipped jobs")
-    jobs = lung_site.job_of(mr.study_uid, status) + lung_site.job_of(one.study_uid, status)
+    jobs = lung_site.jobs_of(mr.study_uid, status) + lung_site.jobs_of(one.study_uid, status)
     reasons = sorted(j["reason"] for j in jobs)
     assert any("(0008,0060) Modality" in r and "MR" in r for r in reasons), reasons
     assert any("slice" in r or "instance" in r for r in reasons), reasons

@@ -128,7 +128,7 @@ def test_multiframe_chest_ct_sent_by_storescu_gets_seg_and_sr_in_the_archive(
         assert dice(labels == label, phantom.truth == label) >= 0.95, name
         truth_ml = float((phantom.truth == label).sum()) * voxel_ml
         assert abs(found[name]["Volume"][0] - truth_ml) / truth_ml < 0.05, name
-    [job] = lung_site.job_of(series.study_uid, node.status())
+    [job] = lung_site.jobs_of(series.study_uid, node.status())
     assert job["state"] == "done"
     node.wait_status(lambda s: s["outbox"] == {"sent": before + 2}, 60, "outbox to drain")
     log = node.log()
@@ -150,11 +150,11 @@ def test_a_multiframe_series_that_cannot_form_a_volume_is_skipped_with_a_reason(
     assert storescu(node.port, files, extra=["-R"]).returncode == 0
 
     def skipped(status: dict[str, Any]) -> bool:
-        jobs = lung_site.job_of(study, status)
+        jobs = lung_site.jobs_of(study, status)
         return len(jobs) == 1 and jobs[0]["state"] == "skipped"
 
     status = node.wait_status(skipped, 240, "a skipped job")
-    [job] = lung_site.job_of(study, status)
+    [job] = lung_site.jobs_of(study, status)
     assert "(0020,9113) PlanePositionSequence > (0020,0032) ImagePositionPatient is the " \
         "same for frame 7 and frame 8; duplicate slices" in job["reason"]  # fmt: skip
     assert lung_site.archive.result_counts(study) == {}

@@ -38,7 +38,6 @@ class LungSite:
     folder: Path
     archive: Orthanc
     node: NodeProcess
-    studies: int = 0
 
     @classmethod
     def start(cls, folder: Path) -> LungSite:
@@ -61,7 +60,7 @@ class LungSite:
             raise
         return cls(folder, archive, node)
 
-    def job_of(self, study_uid: str, status: dict[str, Any]) -> list[dict[str, Any]]:
+    def jobs_of(self, study_uid: str, status: dict[str, Any]) -> list[dict[str, Any]]:
         """The study's jobs in ``status`` (a snapshot or the status command's output)."""
         return [j for j in status["recent_jobs"] if j.get("study_uid") == study_uid]
 
