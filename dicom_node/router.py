@@ -88,8 +88,10 @@ class Router:
                 key = (study.study_uid, study.revision, applied.rule.name, plan.series.series_uid)
                 if key in self._acted:
                     continue
-                self._acted.add(key)
+                # Noted once it acted: a round cut short (the database away) acts
+                # again next round, and a job already made is not made twice.
                 created += self._act(applied.rule, plan.series)
+                self._acted.add(key)
         if waiting == 0:
             self.index.mark_routed(study.study_uid, study.revision)
             self._acted = {k for k in self._acted if k[0] != study.study_uid}
