@@ -2,11 +2,13 @@
 
 Every instance answered Success costs one fsync: its file's, with its seal
 (``spool.seal``), run by each association's thread on its own, in parallel.
-Its move into the spool and its index row follow without further fsyncs (on
-SQLite the commit does not wait for the disk; on PostgreSQL it is durable by
-the server's settings, because the server can fail on its own while the node
-runs): a crash after the seal leaves the instance sealed in ``incoming`` or
-unindexed in the spool, and ``reconcile_spool`` files it at the next start.
+Its move into the spool and its index row follow without further fsyncs (the
+commit does not wait for the disk: SQLite's ``synchronous=NORMAL``,
+PostgreSQL's ``synchronous_commit`` off): a crash after the seal leaves the
+instance sealed in ``incoming`` or unindexed in the spool, and
+``reconcile_spool`` files it at the next start; a crash of the PostgreSQL
+server alone, while the node runs, is found and repaired by the leader before
+its next decision (``epoch``).
 The index has one writer at a time, so the association threads that arrive
 while a commit runs wait, and the next commit takes them all: one transaction,
 one commit for the lot. Nobody is answered before their instance is sealed and

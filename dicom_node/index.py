@@ -130,12 +130,12 @@ class Index:
         ``ready`` runs before any ``place`` (the received files' fsyncs): on
         PostgreSQL once the batch's calls are on their way, so the server works
         while the files are synced; on SQLite before the transaction begins.
-        ``durable=False``: on SQLite, the commit does not wait for the disk (for
-        instances the spool can give back, see ``commit``). Any exception rolls
-        back all of them."""
+        ``durable=False``: the commit does not wait for the disk (for instances
+        the spool can give back, see ``commit`` and ``epoch``). Any exception
+        rolls back all of them."""
         now = time.time() if now is None else now
         if self.db.dialect == "postgresql":
-            return self._record_in_server(items, now, remove, ready)
+            return self._record_in_server(items, now, remove, ready, durable)
         if ready is not None:
             ready()
         with self.db.transaction(durable=durable) as conn:
@@ -203,6 +203,7 @@ class Index:
         now: float,
         remove: Callable[[str], None] | None,
         ready: Callable[[], None] | None,
+        durable: bool = True,
     ) -> list[tuple[bool, str | None]]:
         """``record_batch`` on PostgreSQL: ``_record``'s statements run in the
         server, one ``index_record`` call per instance (``POSTGRES_FUNCTIONS``),
@@ -212,7 +213,7 @@ class Index:
         waits on each, and on a busy machine each waits for the server's process
         to be scheduled."""
         db = cast("PostgresDatabase", self.db)
-        with db.pipeline() as conn:
+        with db.pipeline(durable) as conn:
             if len(items) > 1:
                 # In one order for every batch, so two nodes' batches never wait on
                 # each other in a cycle; index_record takes its two again (a no-op).

@@ -20,11 +20,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 from dicom_node import audit, scu
 from dicom_node.dispatch import Dispatcher, Enqueue
+from dicom_node.epoch import ServerRestarted, deciding, epoch_for
 from dicom_node.index import Index
 from dicom_node.jobs import Jobs
 from dicom_node.leader import LOOK_SECONDS, lease_for
@@ -169,9 +171,12 @@ class Node:
         self.presence = presence_for(self.db, target if isinstance(target, Path) else None)
         self.leading = False
         self._told_standby = False
-        self.index = Index(self.db)
-        self.jobs = Jobs(self.db)
-        self.outbox = Outbox(self.db)
+        self.index = Index(self.db)  # receiving (and filing what the spool gives back)
+        self.outbox = Outbox(self.db)  # the sender's
+        # Deciding reads the index and writes jobs, the outbox and purges, each
+        # transaction checking that the database server lost nothing meanwhile.
+        self.epoch = epoch_for(self.db)
+        decider = deciding(self.db, self.epoch)
         self.stop_event = threading.Event()
         self._tick = threading.Event()
         self.sender = Sender(
@@ -185,9 +190,9 @@ class Node:
         self.dispatcher = Dispatcher(
             settings,
             self.spool,
-            self.index,
-            self.jobs,
-            self.outbox,
+            Index(decider),
+            Jobs(decider),
+            Outbox(decider),
             backend.make_enqueue(settings),
             on_results=self.sender.wake.set,
         )
@@ -216,8 +221,13 @@ class Node:
         # No other node receives and this one does not yet: every unindexed file is left
         # by a crash.
         alone = self.presence.alone()
-        reconcile_spool(self.spool, self.index, min_age=0.0 if alone else ORPHAN_AGE,
-                        max_inflated=self.receiver.max_inflated)  # fmt: skip
+        reconcile = partial(reconcile_spool, self.spool, self.index,
+                            min_age=0.0 if alone else ORPHAN_AGE,
+                            max_inflated=self.receiver.max_inflated)  # fmt: skip
+        if alone:  # it files everything: the server's epoch can be set
+            self.epoch.at_start(reconcile)
+        else:
+            reconcile()
         self.presence.arrive()
         try:
             servers = start_servers(self.settings.node, self.receiver)  # fails first, if at all
@@ -253,6 +263,8 @@ class Node:
         it finds unfinished, as after a restart."""
         was = self.leading
         self.leading = self.lease.hold()
+        if self.leading:  # before any decision: nothing the server lost is missing
+            self.epoch.check(self._refile)
         if self.leading and not was:
             logger.info("this node leads: it routes studies, runs jobs and sends results")
             requeued = self.dispatcher.requeue_unfinished()
@@ -264,6 +276,12 @@ class Node:
             self._told_standby = True
             logger.info("another node leads; this one receives, and takes over if it stops")
         return self.leading
+
+    def _refile(self) -> None:
+        """After the database server lost commits: file every sealed spool file no
+        index row names, young ones too (``epoch``)."""
+        reconcile_spool(self.spool, self.index, min_age=0.0, sweep=False,
+                        max_inflated=self.receiver.max_inflated)  # fmt: skip
 
     def _dispatch_loop(self) -> None:
         last_purge = 0.0
@@ -280,9 +298,13 @@ class Node:
                 self.dispatcher.tick()
                 if time.time() - last_purge > 600:
                     last_purge = time.time()
-                    purge_sources(self.index, self.spool, self.settings.storage, last_purge)
+                    purge_sources(self.dispatcher.index, self.spool, self.settings.storage,
+                                  last_purge)  # fmt: skip
                     reconcile_spool(self.spool, self.index, last_purge,
                                     max_inflated=self.receiver.max_inflated)  # fmt: skip
+            except ServerRestarted:
+                logger.warning("the database server restarted during the round; its decisions"
+                               " were rolled back and are taken again")  # fmt: skip
             except Exception as exc:  # boundary: the dispatcher thread must not die
                 where = "".join(traceback.format_tb(exc.__traceback__)[-3:])
                 logger.error("dispatcher round failed (%s); will try again, at\n%s",

@@ -658,6 +658,7 @@ def reconcile_spool(
     now: float | None = None,
     min_age: float = ORPHAN_AGE,
     max_inflated: int = _MAX_INFLATED,
+    sweep: bool = True,
 ) -> None:
     """At start, and then every retention round: file what a crash left sealed
     (``spool.seal``: such an instance may have been answered Success), remove
@@ -673,18 +674,24 @@ def reconcile_spool(
     Only spool files older than ``min_age`` count: another receiving process, or
     another node sharing the storage, may be between its move and its commit
     right now (0 is safe only before any receiving process of a node alone on
-    its index has started)."""
+    its index has started).
+
+    ``sweep=False`` (the database server lost commits, see ``epoch``): only the
+    sealed spool files no row names are filed, whatever their age, and nothing
+    is removed. A file a live receiver is committing right now is then filed
+    twice, which changes nothing: the second ``Index.record`` waits for the
+    instance's lock and finds the first one's row."""
     now = time.time() if now is None else now
-    filed = 0
-    for path in spool.left_incoming(_alive):
-        if path.stat().st_size and _file_sealed(spool, index, path, max_inflated, None):
-            filed += 1
-    partial = spool.sweep_incoming(_alive)
-    dropped = 0
+    filed = partial = dropped = 0
+    if sweep:
+        for path in spool.left_incoming(_alive):
+            if path.stat().st_size and _file_sealed(spool, index, path, max_inflated, None):
+                filed += 1
+        partial = spool.sweep_incoming(_alive)
     for rel in index.unindexed(spool.instance_files(older_than=now - min_age)):
         if _file_sealed(spool, index, spool.resolve(rel), max_inflated, rel):
             filed += 1
-        else:
+        elif sweep:
             spool.remove(rel)
             dropped += 1
     if filed:

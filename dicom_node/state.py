@@ -18,12 +18,15 @@ differences behind one small interface:
 - ``transient_errors``: what a caller may retry at its next round.
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a committed row survives a
-power cut, and readers never block the SCP. ``transaction(durable=False)`` on
-SQLite commits without waiting for the disk (``synchronous=NORMAL`` for that
-commit: a power cut may undo it and later such commits, never an earlier or a
-durable one, and never corrupts); the receiving side uses it because the spool
-can give back what it would lose (``commit``). PostgreSQL commits are durable
-by the server's own settings, always: its server can fail while the node runs.
+power cut, and readers never block the SCP. ``transaction(durable=False)``
+commits without waiting for the disk: on SQLite ``synchronous=NORMAL`` for that
+commit (a power cut may undo it and later such commits, never an earlier or a
+durable one, and never corrupts), on PostgreSQL ``synchronous_commit`` off for
+that transaction (a server crash may undo it and later such commits, never an
+earlier or a synchronous one). The receiving side uses it because the spool
+can give back what it would lose (``commit``); on PostgreSQL the server can
+fail while the node runs, so the leader checks before every round that it has
+not (``epoch``). Every other commit is durable.
 The schema version lives in the ``schema_version`` table on both; a database
 newer than this code is refused, never written.
 """
@@ -138,7 +141,8 @@ ADDED_COLUMNS: tuple[tuple[int, str, str, str], ...] = (
 )
 # 6: PostgreSQL only: the functions of ``index.POSTGRES_FUNCTIONS`` (created by
 # ``postgres``; SQLite has nothing to add).
-SCHEMA_VERSION = 7
+# 8: PostgreSQL only: the unlogged ``server_epoch`` table (``epoch``).
+SCHEMA_VERSION = 8
 assert SCHEMA_VERSION >= max(version for version, *_ in ADDED_COLUMNS)
 
 SQLITE_TYPES = {"id": "INTEGER PRIMARY KEY", "real": "REAL", "big": "INTEGER"}
