@@ -262,9 +262,10 @@ class Node:
         """Take or keep the lead (``leader``); the new leader first re-sends the jobs
         it finds unfinished, as after a restart."""
         was = self.leading
-        self.leading = self.lease.hold()
-        if self.leading:  # before any decision: nothing the server lost is missing
-            self.epoch.check(self._refile)
+        held = self.lease.hold()
+        if held:  # before any decision: nothing the server lost is missing (``epoch``)
+            self.epoch.check(self._refile)  # raises: no decision this round, nor a new lead
+        self.leading = held
         if self.leading and not was:
             logger.info("this node leads: it routes studies, runs jobs and sends results")
             requeued = self.dispatcher.requeue_unfinished()

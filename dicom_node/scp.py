@@ -695,7 +695,11 @@ def reconcile_spool(
             spool.remove(rel)
             dropped += 1
     if filed:
-        logger.warning("filed %d sealed instance(s) an earlier run had not filed", filed)
+        logger.warning(
+            "filed %d sealed instance(s) %s",
+            filed,
+            "an earlier run had not filed" if sweep else "the index had lost",
+        )
     if partial or dropped:
         logger.warning(
             "removed what an earlier run left unfinished: %d partial data set(s),"
