@@ -20,7 +20,8 @@ backup starts with it empty too. A clean shutdown (smart or fast) flushes all
 WAL, asynchronous commits included, and keeps the table. These are exactly the
 cases in which asynchronous commits are lost ("an immediate-mode shutdown is
 equivalent to a server crash, and will therefore cause loss of any unflushed
-asynchronous commits", Asynchronous Commit).
+asynchronous commits", Asynchronous Commit). A logical dump (``pg_dump``) does
+copy the row: after restoring one, ``TRUNCATE server_epoch`` (docs/operations.md).
 
 The leader checks the epoch every round before it decides (``check``). Missing:
 it writes a new token not yet whole, files every sealed spool file no index row
@@ -38,7 +39,11 @@ every transaction that committed before it durable too, asynchronous ones
 included. Every decision the leader takes is a synchronous commit (``guarded``):
 the rows it read were committed before it, so once it returns, none of them can
 be lost. A row that can still be lost is one a crash takes together with the
-epoch's row.
+epoch's row. (tests/integration/test_database_crash.py sees it: with the WAL
+writer stopped, the asynchronous commits of a series' first half survive an
+immediate shutdown because the association's release, a synchronous commit,
+came after them; the second half's, with no synchronous commit after them, are
+lost.)
 
 And the window between the check and a decision: every transaction of the
 deciding objects (``Guarded``) first checks, inside itself, that the token the
