@@ -360,7 +360,12 @@ def _segment_text(name: str, m: dict[str, Any]) -> str:
 
 def _purge(settings: Settings, job_id: int) -> int:
     """State first, files second: only an ended job whose series no other job uses."""
+    from functools import partial
+
+    from dicom_node.epoch import ServerRestarted, deciding, epoch_for
+    from dicom_node.index import Index
     from dicom_node.retention import purge_series
+    from dicom_node.scp import reconcile_spool
 
     spool, db, index, jobs, _ = _open(settings)
     try:
@@ -374,7 +379,18 @@ def _purge(settings: Settings, job_id: int) -> int:
         if jobs.busy_on(job.series_uid):
             print(f"another job still uses series {job.series_uid}; not purged", file=sys.stderr)
             return 1
-        count = purge_series(index, spool, job.series_uid)
+        # The series' files go by its index rows: first make sure the database
+        # server lost none of them (``epoch``; as the leader does before it decides).
+        epoch = epoch_for(db)
+        refile = partial(reconcile_spool, spool, index, min_age=0.0, sweep=False,
+                         max_inflated=int(settings.receive.max_inflated_mb * 2**20))  # fmt: skip
+        try:
+            epoch.check(refile)
+            count = purge_series(Index(deciding(db, epoch)), spool, job.series_uid)
+        except ServerRestarted:
+            print("the database server restarted meanwhile; nothing was purged, try again",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         jobs.note_purged(job_id)
         print(f"job {job_id}: {count} source image(s) of series {job.series_uid} purged")
         return 0

@@ -31,7 +31,8 @@ harmless: the second ``index_record`` waits on the instance's lock and finds
 the row), then marks the token whole with a synchronous commit. A crash during
 the filing empties the table, the mark changes no row, and the next round
 starts again. A node alone at start does the same around its start-up
-reconcile (``at_start``).
+reconcile (``at_start``), and so does an operator's ``dicom-node purge``
+before it deletes a series by its rows.
 
 Why that is enough: the WAL is one sequence, flushed in order, so a synchronous
 commit, which waits until the WAL is flushed up to its own commit record, makes
@@ -116,11 +117,9 @@ class ServerEpoch:
         return str(rows[0][0]) if rows else None
 
     def check(self, refile: Callable[[], None]) -> bool:
-        token = self.current()
-        if token is not None:
-            self.token = token
+        self.token = self.current()
+        if self.token is not None:
             return False
-        self.token = None
         logger.warning("the database server lost its recent commits (it crashed, or was"
                        " restored or failed over); filing the spool's received instances"
                        " the index lost before deciding anything")  # fmt: skip
