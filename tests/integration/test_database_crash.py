@@ -79,7 +79,7 @@ def test_a_server_crash_loses_answered_commits_and_the_series_still_runs_once_on
     sql(server.url, "SELECT pg_reload_conf()")
     archive = Storescp(tmp_path / "archive").start()
     node = NodeProcess(tmp_path / "n", {
-        "node": {"stable_after_seconds": 8},
+        "node": {"stable_after_seconds": 10},  # longer than the gap between the two halves
         "storage": {"dir": "var", "database": server.url},
         "destinations": {"archive": {"ae_title": archive.aet, "host": "127.0.0.1",
                                      "port": archive.port}},
