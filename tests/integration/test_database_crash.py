@@ -70,14 +70,8 @@ def test_a_server_crash_loses_answered_commits_and_the_series_still_runs_once_on
     phantom = make_chest_phantom((24, 128, 128), (5.0, 1.8, 1.8), body_scale=0.55, seed=13)
     series = write_ct_series(tmp_path / "ct", phantom.hu, SeriesOptions(spacing=phantom.spacing))
     half = len(series.paths) // 2
-    server = PrivateServer(free_port()).start()
-    # Nothing else may write the WAL out meanwhile: no autovacuum, background writer
-    # or timed checkpoint; and a long WAL writer delay.
-    for setting in ("wal_writer_delay = '10s'", "autovacuum = off",
-                    "bgwriter_lru_maxpages = 0", "checkpoint_timeout = '1d'"):  # fmt: skip
-        sql(server.url, f"ALTER SYSTEM SET {setting}")
-    sql(server.url, "SELECT pg_reload_conf()")
-    archive = Storescp(tmp_path / "archive").start()
+    server = PrivateServer(free_port())
+    archive = Storescp(tmp_path / "archive")
     node = NodeProcess(tmp_path / "n", {
         "node": {"stable_after_seconds": 10},  # longer than the gap between the two halves
         "storage": {"dir": "var", "database": server.url},
@@ -88,6 +82,14 @@ def test_a_server_crash_loses_answered_commits_and_the_series_still_runs_once_on
     })  # fmt: skip
     walwriter = 0
     try:
+        server.start()
+        # Nothing else may write the WAL out meanwhile: no autovacuum, background writer
+        # or timed checkpoint; and a long WAL writer delay.
+        for setting in ("wal_writer_delay = '10s'", "autovacuum = off",
+                        "bgwriter_lru_maxpages = 0", "checkpoint_timeout = '1d'"):  # fmt: skip
+            sql(server.url, f"ALTER SYSTEM SET {setting}")
+        sql(server.url, "SELECT pg_reload_conf()")
+        archive.start()
         node.start()
         wait_for(lambda: "this node leads" in node.log(), 30, "the node to lead")
         [(walwriter,)] = sql(server.url, "SELECT pid FROM pg_stat_activity"
