@@ -38,6 +38,7 @@ from dicom_node.scp import (
     ORPHAN_AGE,
     Receiver,
     Server,
+    listening_sockets,
     reconcile_spool,
     start_servers,
     stop_servers,
@@ -239,7 +240,8 @@ class Node:
         tls_port = self.tls_server.server_address[1] if self.tls_server is not None else None
         if self.settings.receive.processes > 1:
             extra = self.settings.receive.processes - 1
-            self.receivers = ReceiverProcesses(extra, self.config, port, tls_port)
+            shared = listening_sockets(self.settings.node, servers)  # not bound again
+            self.receivers = ReceiverProcesses(extra, self.config, port, tls_port, shared)
             self.receivers.start()
         self.sender.active = lambda: self.leading
         self._lead()

@@ -2,8 +2,11 @@
 
 One Python process receives on at most about one core (see docs/benchmarks.md);
 with ``receive.processes: N`` the node process runs one SCP
-and starts N-1 more processes of this module, all bound to the same port with
-SO_REUSEPORT (the kernel spreads new connections over them). Each is a complete
+and starts N-1 more processes of this module. With the native engine they
+inherit the node's listening sockets (``--listen-fd``; each new connection goes
+to whichever process has waited longest in ``accept``, see ``ul.server``); with
+the pynetdicom engine each binds the port with SO_REUSEPORT (the kernel spreads
+new connections by a hash of their addresses). Each is a complete
 SCP on the one spool and index: the index's write lock is shared between
 processes (``state.Database``), association limits are counted across them
 (``peers.Slots``), and each receives into its own ``incoming/<pid>`` folder.
@@ -12,7 +15,7 @@ Routing, dispatch and sending stay in the node process.
 ``ReceiverProcesses`` starts them, restarts one that dies (after a backoff) and
 stops them with SIGTERM on shutdown. Run by hand it is
 
-    python -m dicom_node.receivers --config config.yaml --port 11112
+    python -m dicom_node.receivers --config config.yaml --port 11112 [--listen-fd N]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -43,20 +47,29 @@ class ReceiverProcesses:
     RESTART_BACKOFF = 2.0
 
     def __init__(
-        self, count: int, config: Path | None, port: int, tls_port: int | None = None
+        self,
+        count: int,
+        config: Path | None,
+        port: int,
+        tls_port: int | None = None,
+        listening: tuple[socket.socket | None, socket.socket | None] = (None, None),
     ) -> None:
         self.count = count
         self.command = [sys.executable, "-m", "dicom_node.receivers", "--port", str(port),
                         "--parent", str(os.getpid())]  # fmt: skip
         if tls_port is not None:
             self.command += ["--tls-port", str(tls_port)]
+        self.fds = tuple(sock.fileno() for sock in listening if sock is not None)
+        for option, sock in zip(("--listen-fd", "--tls-listen-fd"), listening, strict=True):
+            if sock is not None:
+                self.command += [option, str(sock.fileno())]
         if config is not None:
             self.command += ["--config", str(config)]
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dead_since: dict[int, float] = {}
 
     def start(self) -> None:
-        self.procs = [subprocess.Popen(self.command) for _ in range(self.count)]
+        self.procs = [self._spawn() for _ in range(self.count)]
         logger.info("%d extra receiving process(es) started", self.count)
 
     def check(self, now: float | None = None) -> None:
@@ -71,7 +84,10 @@ class ReceiverProcesses:
                              proc.pid, proc.returncode)  # fmt: skip
             if now - since >= self.RESTART_BACKOFF:
                 del self.dead_since[i]
-                self.procs[i] = subprocess.Popen(self.command)
+                self.procs[i] = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command, pass_fds=self.fds)
 
     def signal_stop(self) -> None:
         """SIGTERM to each: it stops accepting and drains its associations."""
@@ -96,6 +112,7 @@ def serve(
     stop: threading.Event,
     parent: int = 0,
     tls_port: int | None = None,
+    inherited: tuple[socket.socket | None, socket.socket | None] = (None, None),
 ) -> None:
     """One receiving process: an SCP on ``port`` until ``stop`` is set, or until the
     node process ``parent`` is gone (killed: it must not leave receivers behind)."""
@@ -108,7 +125,8 @@ def serve(
     # still finishes (its parent was killed) must not take its files for orphans.
     presence = presence_for(db, target if isinstance(target, Path) else None)
     presence.arrive()
-    servers = start_servers(settings.node, receiver, port=port, tls_port=tls_port)
+    servers = start_servers(settings.node, receiver, port=port, tls_port=tls_port,
+                            inherited=inherited)  # fmt: skip
     logger.info("receiving (pid %d)", os.getpid())
     while not stop.wait(1.0):
         if parent and os.getppid() != parent:
@@ -128,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--parent", type=int, default=0)
     parser.add_argument("--tls-port", type=int)
+    parser.add_argument("--listen-fd", type=int, help="the node's listening socket, shared")
+    parser.add_argument("--tls-listen-fd", type=int, help="its TLS listening socket, shared")
     args = parser.parse_args(argv)
     configure_logging("INFO")
     settings = load_settings(args.config)
@@ -136,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the node process reloads the config
-    serve(settings, args.port, stop, args.parent, args.tls_port)
+    inherited = tuple(None if fd is None else socket.socket(fileno=fd)
+                      for fd in (args.listen_fd, args.tls_listen_fd))  # fmt: skip
+    serve(settings, args.port, stop, args.parent, args.tls_port,
+          (inherited[0], inherited[1]))  # fmt: skip
     return 0
 
 

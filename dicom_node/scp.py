@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -588,20 +589,37 @@ def start_servers(
     receiver: Receiver,
     port: int | None = None,
     tls_port: int | None = None,
+    inherited: tuple[socket.socket | None, socket.socket | None] = (None, None),
 ) -> list[Server]:
     """The plain listener on ``node.port`` (unless ``node.tls.only``) and the TLS
     listener on ``node.tls.port`` (when ``node.tls``), in that order. ``port`` and
-    ``tls_port`` override the configured ports (port 0 picks a free port)."""
+    ``tls_port`` override the configured ports (port 0 picks a free port);
+    ``inherited``: the node process's listening sockets (plain, TLS), shared by a
+    receiving process of the native engine instead of binding its own."""
     servers: list[Server] = []
     tls = settings.tls
     if tls is None or not tls.only:
-        servers.append(start_server(settings, receiver, port=port))
+        servers.append(start_server(settings, receiver, port=port, inherited=inherited[0]))
     if tls is not None:
         from dicom_node.tls import server_context
 
         servers.append(start_server(settings, receiver, port=tls.port if tls_port is None
-                                    else tls_port, ssl_context=server_context(tls)))  # fmt: skip
+                                    else tls_port, ssl_context=server_context(tls),
+                                    inherited=inherited[1]))  # fmt: skip
     return servers
+
+
+def listening_sockets(
+    settings: NodeSettings, servers: list[Server]
+) -> tuple[socket.socket | None, socket.socket | None]:
+    """The listening sockets (plain, TLS) of ``start_servers``' servers that other
+    receiving processes can share: the native engine's; None for pynetdicom's."""
+    from dicom_node.ul.server import Listener
+
+    socks = [server.socket if isinstance(server, Listener) else None for server in servers]
+    if settings.tls is not None and settings.tls.only:
+        return None, socks[0]
+    return socks[0], socks[1] if len(socks) > 1 else None
 
 
 def start_server(
@@ -610,6 +628,7 @@ def start_server(
     receive: ReceiveSettings | None = None,
     port: int | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    inherited: socket.socket | None = None,
 ) -> Server:
     """Listen on ``node.host:node.port`` (port 0 picks a free port), sharing the
     port with other receiving processes of the node; ``receive.engine`` says whose
@@ -618,8 +637,8 @@ def start_server(
     if receive.engine == "native":
         from dicom_node.ul.server import Listener
 
-        return Listener(settings, receiver, receive,
-                        settings.port if port is None else port, ssl_context)  # fmt: skip
+        return Listener(settings, receiver, receive, settings.port if port is None else port,
+                        ssl_context, inherited)  # fmt: skip
     configure_receiving(receiver.spool)
     ae = make_ae(settings, receive)
     address = (settings.host, settings.port if port is None else port)

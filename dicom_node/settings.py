@@ -132,7 +132,8 @@ class ReceiveSettings(_Section):
     """Limits of the receiving edge (the SCP). Defaults measured on 2 cores; see
     docs/operations.md."""
 
-    # Receiving processes sharing the port (SO_REUSEPORT), each a full SCP on the
+    # Receiving processes sharing the port (the node's listening socket; with the
+    # pynetdicom engine SO_REUSEPORT), each a full SCP on the
     # one spool and index. 1: the node process receives alone.
     processes: Annotated[int, Field(ge=1, le=64)] = 1
     # The DICOM upper layer that receives: ``native`` (dicom_node.ul, our own,

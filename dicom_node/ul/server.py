@@ -1,8 +1,17 @@
 """The native engine's listener: accepts connections on ``node.host:port`` and
 runs each association in a thread of its own (blocking sockets; socket I/O
-releases the GIL). TCP_NODELAY on every accepted socket (a peer that leaves
-Nagle on otherwise waits ~40 ms per response, shared/FACTS.md); TLS sockets are
-wrapped in the association's thread, so a slow handshake holds up no one.
+releases the GIL).
+
+With ``receive.processes`` > 1 the receiving processes share the node's one
+listening socket (inherited, not a second bind): each waits in a blocking
+``accept``, and Linux hands each new connection to the process that has waited
+longest, so concurrent senders are spread evenly (SO_REUSEPORT would spread
+them by a hash of their addresses, often three to one), and connections queued
+for a process that dies are not lost with it.
+
+TCP_NODELAY on every accepted socket (a peer that leaves Nagle on otherwise
+waits ~40 ms per response, shared/FACTS.md); TLS sockets are wrapped in the
+association's thread, so a slow handshake holds up no one.
 
 Connections beyond ``node.max_associations`` + ``SPARE`` in flight are closed
 at once: the association slots (``peers.Slots``) reject with a reason, this
@@ -20,6 +29,7 @@ answer is lost, so the sender sends it again.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import ssl
@@ -55,7 +65,8 @@ def acceptor_config(receiver: Receiver, receive: ReceiveSettings) -> AcceptorCon
 
 
 class Listener:
-    """A listening socket and its accept thread; ``shutdown`` stops accepting."""
+    """A listening socket and its accept thread; ``shutdown`` stops accepting.
+    ``inherited``: a listening socket made by the node process, shared."""
 
     def __init__(
         self,
@@ -64,17 +75,22 @@ class Listener:
         receive: ReceiveSettings,
         port: int,
         ssl_context: ssl.SSLContext | None = None,
+        inherited: socket.socket | None = None,
     ) -> None:
         self.receiver = receiver
         self.config = acceptor_config(receiver, receive)
         self.ssl_context = ssl_context
-        self.socket = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if receive.processes > 1:  # only then: a second node on the same port must fail
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self.socket.bind((settings.host, port))
-        self.socket.listen(128)
-        self.socket.settimeout(0.5)  # how soon shutdown is noticed
+        if inherited is None:
+            family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+            self.socket = socket.socket(family)
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind((settings.host, port))
+            self.socket.listen(128)
+        else:
+            self.socket = inherited
+        # Blocking accept in every process sharing it (a timeout would make the
+        # shared socket non-blocking for all); shutdown() wakes them.
+        self.socket.settimeout(None)
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         self._stop = threading.Event()
         self._room = threading.BoundedSemaphore(settings.max_associations + SPARE)
@@ -87,10 +103,11 @@ class Listener:
         while not self._stop.is_set():
             try:
                 conn, address = self.socket.accept()
-            except TimeoutError:
-                continue
             except OSError as exc:
                 if self._stop.is_set():
+                    return
+                if exc.errno == errno.EINVAL:  # shut down by another process sharing it
+                    logger.info("the listening socket was closed; no new associations here")
                     return
                 logger.error("accept failed (%s)", type(exc).__name__)
                 self._stop.wait(0.1)
@@ -126,8 +143,13 @@ class Listener:
             self._room.release()
 
     def stop_accepting(self) -> None:
-        """Close the listening socket: new connections are refused from now on."""
+        """Stop listening: new connections are refused from now on, in every process
+        sharing the socket (the node stops them all together)."""
         self._stop.set()
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes every blocked accept
+        except OSError:
+            pass
         self._thread.join()
         self.socket.close()
 

@@ -34,12 +34,16 @@ def node(tmp_path_factory, pki, node_database):
                     "ca_file": str(pki.ca),
                 }
             },
+            # Two receiving processes: the second shares both listening sockets.
+            "receive": {"processes": 2},
             "storage": {"dir": "var"},
             "rules": [],
         },  # fmt: skip
     ).start()
     proc.tls_port = tls_port  # type: ignore[attr-defined]
     wait_for(lambda: port_open(tls_port), 30, "the TLS port to listen")
+    incoming = proc.folder / "var" / "incoming"
+    wait_for(lambda: len(list(incoming.glob("*.[0-9]*"))) == 2, 30, "both receiving processes")
     yield proc
     assert proc.stop() == 0, proc.log()
 
@@ -51,7 +55,9 @@ def dcmtk(tool: str, port: int, key, cert, ca, *files) -> subprocess.CompletedPr
 
 
 def test_echo_and_store_over_tls_with_a_trusted_client_certificate(node, pki, tmp_path):
-    assert dcmtk("echoscu", node.tls_port, pki.client_key, pki.client_cert, pki.ca).returncode == 0
+    for _ in range(4):  # answered by both receiving processes in turn
+        echo = dcmtk("echoscu", node.tls_port, pki.client_key, pki.client_cert, pki.ca)
+        assert echo.returncode == 0, echo.stderr
     series = write_ct_series(tmp_path, np.zeros((3, 16, 16), np.int16), SeriesOptions())
     result = dcmtk("storescu", node.tls_port, pki.client_key, pki.client_cert, pki.ca,
                    *series.paths)  # fmt: skip
