@@ -35,7 +35,10 @@ class ContextFormatter(logging.Formatter):
 
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # The process id: a node with receive.processes > 1 logs from several processes.
+    handler.setFormatter(
+        ContextFormatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

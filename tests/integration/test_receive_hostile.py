@@ -3,6 +3,7 @@ the right status, nothing partial kept, the node serving throughout."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -283,6 +284,10 @@ def test_several_receiving_processes_share_the_port_and_one_index(tmp_path):
             assert push.wait(120) == 0, push.stderr.read() if push.stderr else ""
         assert _count(proc) == 40
         assert proc.status()["index"]["instances"] == 40
+        # The four senders were spread over both processes (they share one listening
+        # socket; the process that has waited longest takes the next connection).
+        ended = re.findall(r"dicom_node\.scp\[(\d+)\]: association ended", proc.log())
+        assert len(ended) == 4 and len(set(ended)) == 2, ended
     finally:
         assert proc.stop() == 0, proc.log()
     assert not received_files(incoming)
