@@ -473,10 +473,11 @@ class Association:
         A-ABORT) the requestor closes the connection. Wait for that, for at most
         ``LINGER`` seconds, draining what still arrives: closing first could reset
         the connection with our last PDU still unread by the peer (a rejected
-        requestor would then see a lost connection, not the rejection)."""
+        requestor would then see a lost connection, not the rejection). Nor is our
+        side shut down first: a requestor that sees the end of the stream with the
+        A-ASSOCIATE-RJ may take it for an abort (pynetdicom did, under load)."""
         self.closing = True
         try:
-            self.sock.shutdown(socket.SHUT_WR)
             linger = min(self.config.acse_timeout, self.LINGER)
             deadline = time.monotonic() + linger
             self.sock.settimeout(linger)
